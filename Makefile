@@ -1,0 +1,54 @@
+# The two fresh-machine commands are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+SNAKEMAKE := $(BIN)/snakemake --cores $(CORES)
+
+.PHONY: setup run data test test-unit lint format report bench-loader lock clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the dependency pins change.
+$(VENV)/.installed: $(BIN)/activate pyproject.toml requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup  ## the whole default DAG on the embedded data
+	$(SNAKEMAKE) all
+
+data: setup  ## shards of all configured tasks
+	$(SNAKEMAKE) data
+
+test: setup  ## unit and integration tests
+	$(BIN)/pytest -q
+
+test-unit: setup
+	$(BIN)/pytest -q -m "not integration"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+	$(BIN)/snakefmt Snakefile workflow/rules
+
+report: setup
+	$(BIN)/snakemake --report results/report.html
+
+bench-loader: setup  ## shard vs in-memory read throughput per task
+	$(BIN)/python benchmarks/loader_throughput.py
+
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements.lock
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,51 @@
+"""Shared fixtures: embedded raw data and shards are built once per test session and task."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from nb360.data.pipeline import build_shards, generate_embedded
+from nb360.data.shards import read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+# Pinned PyPI artefacts are cached where `make run` caches them, so CI downloads each once.
+PYPI_CACHE = Path(os.environ.get("NB360_PYPI_CACHE", REPO / "resources" / "pypi"))
+
+
+@pytest.fixture(scope="session")
+def pypi_cache() -> Path:
+    return PYPI_CACHE
+
+
+class EmbeddedBuild:
+    """Embedded raw files and shards of one task, built on first request."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._built: dict[str, tuple[Path, Path]] = {}
+
+    def stamp(self, task: str) -> Path:
+        return self.build(task)[0]
+
+    def manifest(self, task: str) -> dict:
+        return read_manifest(self.build(task)[1])
+
+    def raw_dir(self, task: str) -> Path:
+        return self.stamp(task).parent
+
+    def build(self, task: str) -> tuple[Path, Path]:
+        if task not in self._built:
+            logging.getLogger(__name__).info("building embedded %s", task)
+            stamp = generate_embedded(task, self.root / "raw", seed=0, cache_dir=PYPI_CACHE)
+            manifest = build_shards(task, stamp, self.root / "shards" / task)
+            self._built[task] = (stamp, manifest)
+        return self._built[task]
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedBuild:
+    return EmbeddedBuild(tmp_path_factory.mktemp("embedded"))
