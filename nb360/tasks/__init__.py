@@ -14,7 +14,18 @@ from nb360.tasks.base import (
 )
 
 # One import per task, in the benchmark's order; each module calls register_task().
-from nb360.tasks import satellite  # noqa: E402, F401, I001
+from nb360.tasks import (  # noqa: E402, F401, I001
+    cifar100,
+    spherical,
+    ninapro,
+    fsd50k,
+    darcy,
+    psicov,
+    cosmic,
+    ecg,
+    satellite,
+    deepsea,
+)
 
 __all__ = [
     "DRIVE_FOLDER",
