@@ -119,11 +119,11 @@ class TaskSpec:
     fit_normaliser: Callable[[dict[str, SplitData]], dict[str, Any]] | None = None
     # Shard rows -> batch dict {"x": float32 array, "y": array, optional "group": ids}.
     make_batch: Callable[[ShardArrays, np.ndarray, BatchContext], dict[str, np.ndarray]] | None = None
-    # Number of loader samples held by one shard (default: its number of items).
-    num_samples: Callable[[ShardArrays], int] | None = None
+    # Number of loader samples held by one shard (default: its number of items); the flag is ctx.train,
+    # since some tasks sample differently in training (FSD50K: one random chunk per clip).
+    num_samples: Callable[[ShardArrays, bool], int] | None = None
     # Shard sizes: items per shard file (keeps files around a few hundred MB on the real data).
     items_per_shard: int = 50_000
-    # Datasets whose shard chunks hold one item each (for fast random reads); others get automatic chunks.
     license: str = ""
     reference: str = ""
     notes: str = ""
