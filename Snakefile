@@ -1,0 +1,18 @@
+# NAS-Bench-360 as one workflow: download -> shards -> search -> retrain -> evaluate -> tables and figures.
+# Rules live in workflow/rules/ by stage; all logic lives in the nb360 package.
+from snakemake.utils import min_version
+
+min_version("9.27")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        rules.data.input,
+    default_target: True

@@ -1,0 +1,10 @@
+"""Rule shards: read a task's raw files with its reader and write HDF5 shards plus manifest."""
+
+from pathlib import Path
+
+from nb360.data.pipeline import build_shards
+from nb360.logs import log_to
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+with log_to(smk.log[0]):
+    build_shards(smk.wildcards.task, smk.input[0], Path(smk.output[0]).parent, provenance=smk.params.provenance)

@@ -1,0 +1,50 @@
+# Data: raw files (generated or fetched and verified) -> HDF5 shards.
+
+
+rule embedded_raw:
+    output:
+        f"{DATA['embedded_dir']}/{{task}}/raw.json",
+    log:
+        "logs/data/embedded_raw/{task}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        seed=DATA["embedded_seed"],
+        pypi_cache=DATA["pypi_cache"],
+    script:
+        "../../scripts/embedded_raw.py"
+
+
+rule fetch_raw:
+    output:
+        f"{DATA['raw_dir']}/{{task}}/raw.json",
+    log:
+        "logs/data/fetch_raw/{task}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        lockfile=DATA["lockfile"],
+        mirror=DATA["mirror"],
+        download=DATA["download"],
+    script:
+        "../../scripts/fetch_raw.py"
+
+
+rule shards:
+    input:
+        raw_stamp,
+    output:
+        f"{DATA['shard_dir']}/{{task}}/manifest.json",
+    log:
+        "logs/data/shards/{task}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        provenance={"source": DATA["source"], "embedded_seed": DATA["embedded_seed"]},
+    script:
+        "../../scripts/shards.py"
+
+
+rule data:
+    input:
+        expand(f"{DATA['shard_dir']}/{{task}}/manifest.json", task=TASKS),
