@@ -7,4 +7,6 @@ from nb360.logs import log_to
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 with log_to(smk.log[0]):
-    build_shards(smk.wildcards.task, smk.input[0], Path(smk.output[0]).parent, provenance=smk.params.provenance)
+    build_shards(
+        smk.wildcards.task, smk.input[0], Path(smk.output[0]).parent, provenance=smk.params.provenance
+    )

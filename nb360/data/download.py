@@ -61,7 +61,14 @@ def download(
     for attempt in range(opts.retries + 1):
         if attempt:
             wait = min(opts.max_backoff_s, opts.backoff_s * 2 ** (attempt - 1))
-            log.warning("retrying %s in %.1f s (attempt %d of %d): %s", url, wait, attempt + 1, opts.retries + 1, last_error)
+            log.warning(
+                "retrying %s in %.1f s (attempt %d of %d): %s",
+                url,
+                wait,
+                attempt + 1,
+                opts.retries + 1,
+                last_error,
+            )
             time.sleep(wait)
         try:
             digest = _attempt(url, part, expected_size, opts)
@@ -75,9 +82,7 @@ def download(
         os.replace(part, dest)
         log.info("downloaded %s -> %s (sha256 %s)", url, dest, digest)
         return digest
-    part_note = (
-        f" The partial file {part} is kept so a later run resumes it." if part.exists() else ""
-    )
+    part_note = f" The partial file {part} is kept so a later run resumes it." if part.exists() else ""
     raise DownloadError(
         f"could not download {url} to {dest} after {opts.retries + 1} attempts: {last_error}.{part_note} "
         f"If the server no longer serves it, fetch the file by hand and place it at {dest}."

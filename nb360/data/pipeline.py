@@ -66,9 +66,8 @@ def fetch_real(
             except DownloadError as e:
                 log.error("%s", e)
         if not path.exists():
-            missing.append(
-                f"  {path}  ({_size(rf.size)}; {rf.url or 'no direct URL'}{'; ' + rf.note if rf.note else ''})"
-            )
+            note = f"; {rf.note}" if rf.note else ""
+            missing.append(f"  {path}  ({_size(rf.size)}; {rf.url or 'no direct URL'}{note})")
             continue
         log.info("verifying %s", path)
         digests[rf.name] = verify_against_lock(lock, key, path, origin=rf.url or "local")
@@ -76,10 +75,10 @@ def fetch_real(
         raise RawDataError(
             f"task {task}: {len(missing)} official raw file(s) are missing:\n"
             + "\n".join(missing)
-            + f"\nDownload them by hand from the benchmark's Google Drive folder {DRIVE_FOLDER} (or the old S3 "
-            f"bucket) and put them under {folder}/ with exactly these names, then run the workflow again. "
-            "They will be verified against the lock file "
-            f"{lock.path} (or recorded there on first use)."
+            + f"\nDownload them by hand from the benchmark's Google Drive folder {DRIVE_FOLDER} "
+            f"(or the old S3 bucket) and put them under {folder}/ with exactly these names, then run the "
+            f"workflow again. They will be verified against the lock file {lock.path} (or recorded there on "
+            "first use)."
         )
     return write_stamp(folder, task, "real", digests)
 
@@ -142,7 +141,9 @@ def build_shards(
     split_entries = {}
     for name, data in splits.items():
         split_entries[name] = write_split_shards(out, task, name, data, spec.items_per_shard)
-        log.info("wrote %s/%s: %d items in %d shard(s)", task, name, len(data), len(split_entries[name]["shards"]))
+        log.info(
+            "wrote %s/%s: %d items in %d shard(s)", task, name, len(data), len(split_entries[name]["shards"])
+        )
     stamp_body = json.loads(Path(stamp).read_text())
     manifest = {
         "format": MANIFEST_FORMAT,

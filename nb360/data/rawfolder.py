@@ -84,8 +84,8 @@ class LockFile:
             }
             atomic_write_text(self.path, json.dumps(body, indent=2) + "\n")
         log.warning(
-            "FIRST COPY OF %s: no checksum was published or recorded for it, so its sha256 %s is now recorded "
-            "in %s. Every later copy will be verified against it. If this copy may be incomplete or "
+            "FIRST COPY OF %s: no checksum was published or recorded for it, so its sha256 %s is now "
+            "recorded in %s. Every later copy will be verified against it. If this copy may be incomplete or "
             "tampered with, delete that entry and fetch it again.",
             key,
             sha256,
@@ -109,12 +109,16 @@ def verify_against_lock(lock: LockFile, key: str, path: Path, origin: str) -> st
     return digest
 
 
-def write_stamp(folder: Path, task: str, source: str, files: Mapping[str, str], extra: Mapping | None = None) -> Path:
+def write_stamp(
+    folder: Path, task: str, source: str, files: Mapping[str, str], extra: Mapping | None = None
+) -> Path:
     """Record the verified files of a raw folder; this is what the preprocessing rule depends on."""
     body = {
         "task": task,
         "source": source,
-        "files": {name: {"sha256": digest, "size": (folder / name).stat().st_size} for name, digest in files.items()},
+        "files": {
+            name: {"sha256": digest, "size": (folder / name).stat().st_size} for name, digest in files.items()
+        },
         **(extra or {}),
     }
     path = folder / STAMP_NAME
@@ -136,7 +140,9 @@ class RawFolder:
         if not stamp.exists():
             raise RawDataError(f"raw-data stamp {stamp} is missing; run the fetch step for this task first")
         body = json.loads(stamp.read_text())
-        return cls(stamp.parent, {k: v["sha256"] for k, v in body["files"].items()}, body.get("source", "real"))
+        return cls(
+            stamp.parent, {k: v["sha256"] for k, v in body["files"].items()}, body.get("source", "real")
+        )
 
     def path(self, name: str) -> Path:
         p = self.root / name

@@ -184,7 +184,9 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ShardError(f"shard manifest {path} is not valid JSON ({e}); delete it and rebuild the shards") from e
+        raise ShardError(
+            f"shard manifest {path} is not valid JSON ({e}); delete it and rebuild the shards"
+        ) from e
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ShardError(f"{path} is not an nb360 manifest (format {manifest.get('format')!r})")
     manifest["_dir"] = str(path.parent)
@@ -220,7 +222,9 @@ class ShardArrays:
     pickling or forking), so a dataset built on them can be used by DataLoader workers.
     """
 
-    def __init__(self, path: str | os.PathLike, entry: Mapping[str, Any] | None = None, in_memory: bool = True):
+    def __init__(
+        self, path: str | os.PathLike, entry: Mapping[str, Any] | None = None, in_memory: bool = True
+    ):
         self.path = Path(path)
         if entry is not None:
             _check_shard_file(self.path, entry, checksum=False)

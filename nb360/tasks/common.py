@@ -23,5 +23,7 @@ def zscore_rows(x: np.ndarray, axis: int = -1, eps: float = 1e-8) -> np.ndarray:
 
 def rng_for(seed: int, *keys: int | str) -> np.random.Generator:
     """A generator determined by a seed and any number of keys (task names, split names, indices)."""
-    words = [seed] + [k if isinstance(k, int) else int.from_bytes(k.encode()[:8].ljust(8, b"\0"), "little") for k in keys]
+    words = [seed] + [
+        k if isinstance(k, int) else int.from_bytes(k.encode()[:8].ljust(8, b"\0"), "little") for k in keys
+    ]
     return np.random.default_rng(words)

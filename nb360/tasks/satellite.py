@@ -94,7 +94,9 @@ SPEC = register_task(
         metric_lower_is_better=True,
         paper_metric="error_pct",
         raw_files=(
-            RawFile("satellite_train.npy", S3_BASE + "satellite/satellite_train.npy", 322_000_000, pickled=True),
+            RawFile(
+                "satellite_train.npy", S3_BASE + "satellite/satellite_train.npy", 322_000_000, pickled=True
+            ),
             RawFile("satellite_test.npy", S3_BASE + "satellite/satellite_test.npy", 35_000_000, pickled=True),
         ),
         read_raw=read_raw,
