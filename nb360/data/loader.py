@@ -63,15 +63,26 @@ class ShardDataset(Dataset):
         return int(self.offsets[-1])
 
     def __getitem__(self, key_and_indices: tuple[tuple[int, int], np.ndarray]) -> dict[str, torch.Tensor]:
-        key, indices = key_and_indices
-        return self.batch(np.asarray(indices, dtype=np.int64), key)
+        key, indices = key_and_indices  # from EpochBatchSampler: valid int64 indices
+        return self._assemble(indices, key)
 
     def batch(self, indices: np.ndarray, key: tuple[int, int] = (0, 0)) -> dict[str, torch.Tensor]:
         """The batch of global sample ``indices`` (any order), as tensors."""
+        indices = np.asarray(indices, dtype=np.int64)
         if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"sample index out of range 0..{len(self) - 1}")
-        rng = np.random.default_rng([self.seed, *key])
-        ctx = BatchContext(train=self.train, normaliser=self.normaliser, rng=rng, fit_splits=self.fit_splits)
+        return self._assemble(indices, key)
+
+    def _assemble(self, indices: np.ndarray, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        ctx = BatchContext(
+            train=self.train,
+            normaliser=self.normaliser,
+            rng=_LazyRng((self.seed, *key)),
+            fit_splits=self.fit_splits,
+        )
+        if len(self.shards) == 1:  # the common case: no grouping by shard
+            out = self._make_batch(self.shards[0], indices, ctx)
+            return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
         shard_of = np.searchsorted(self.offsets, indices, side="right") - 1
         parts, order = [], []
         for s in np.unique(shard_of):
@@ -84,6 +95,20 @@ class ShardDataset(Dataset):
             inverse = np.argsort(np.concatenate(order))
             out = {k: np.concatenate([p[k] for p in parts])[inverse] for k in parts[0]}
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+
+
+class _LazyRng:
+    """A ``numpy.random.Generator`` seeded by ``key``, created only when a batch first draws from it."""
+
+    __slots__ = ("_gen", "_key")
+
+    def __init__(self, key: tuple[int, ...]):
+        self._key, self._gen = key, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._gen is None:
+            self._gen = np.random.default_rng(list(self._key))
+        return getattr(self._gen, name)
 
 
 class EpochBatchSampler(Sampler):
@@ -121,6 +146,23 @@ class EpochBatchSampler(Sampler):
             yield (epoch, b), order[b * self.batch_size : (b + 1) * self.batch_size]
 
 
+class ShardLoader:
+    """The in-process loader: batches straight from the dataset, without DataLoader's per-batch machinery
+    (which costs more than building a batch of small in-memory samples)."""
+
+    def __init__(self, dataset: ShardDataset, sampler: EpochBatchSampler):
+        self.dataset, self.sampler = dataset, sampler
+        self.pin_memory = torch.cuda.is_available()
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for item in self.sampler:
+            batch = self.dataset[item]
+            yield {k: v.pin_memory() for k, v in batch.items()} if self.pin_memory else batch
+
+
 def make_loader(
     manifest: str | os.PathLike | Mapping[str, Any],
     splits: Sequence[str],
@@ -131,12 +173,18 @@ def make_loader(
     in_memory: bool | None = None,
     drop_last: bool | None = None,
     fit_splits: Sequence[str] = ("train",),
-) -> DataLoader:
-    """A DataLoader over ``splits`` of a task's shards: shuffled batches for training, in order otherwise."""
+) -> ShardLoader | DataLoader:
+    """Batches of ``splits`` of a task's shards: shuffled for training, in order otherwise.
+
+    With ``num_workers`` > 0 a ``torch.utils.data.DataLoader`` builds batches in worker processes (for tasks
+    whose batches are expensive to assemble); both loaders expose ``.dataset`` and ``.sampler``.
+    """
     ds = ShardDataset(manifest, splits, train=train, seed=seed, in_memory=in_memory, fit_splits=fit_splits)
     if len(ds) == 0:
         raise ShardError(f"splits {list(splits)} of task {ds.task.name} hold no samples")
     sampler = EpochBatchSampler(len(ds), batch_size, shuffle=train, seed=seed, drop_last=bool(drop_last))
+    if num_workers == 0:
+        return ShardLoader(ds, sampler)
     return DataLoader(
         ds,
         sampler=sampler,
