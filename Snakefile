@@ -13,6 +13,6 @@ include: "workflow/rules/data.smk"
 
 
 rule all:
+    default_target: True
     input:
         rules.data.input,
-    default_target: True

@@ -1,7 +1,6 @@
 # Config validation and the small helpers the rules share.
 from snakemake.utils import validate
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 DATA = config["data"]
