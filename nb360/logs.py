@@ -6,8 +6,12 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -29,3 +33,19 @@ def log_to(path: str | os.PathLike | None, level: int = logging.INFO) -> Iterato
     finally:
         for h in handlers:
             h.flush()
+
+
+def progress(items: Iterable[T], total: int | None, desc: str, every_s: float = 10.0) -> Iterator[T]:
+    """Yield ``items``, logging ``desc: done/total`` at most every ``every_s`` seconds (and at the end)."""
+    logger = logging.getLogger("nb360.progress")
+    t0 = t_last = time.monotonic()
+    done = 0
+    for item in items:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if now - t_last >= every_s:
+            t_last = now
+            of = f"/{total}" if total else ""
+            logger.info("%s: %d%s (%.0f s)", desc, done, of, now - t0)
+    logger.info("%s: %d done in %.1f s", desc, done, time.monotonic() - t0)
