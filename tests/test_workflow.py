@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +76,34 @@ def test_data_target_builds_shards_of_every_task_from_nothing(tmp_path):
         batch = ds.batch(__import__("numpy").arange(min(2, len(ds))))
         assert tuple(batch["x"].shape[1:]) == spec.input_shape, task
         assert (wd / "logs" / "data" / "shards" / f"{task}.log").read_text().strip()
+
+
+@pytest.mark.integration
+def test_real_source_uses_hand_placed_official_files(tmp_path, embedded):
+    """`data.source: real` is the only switch: official files placed by hand are verified and sharded."""
+    raw = tmp_path / "raw"
+    shutil.copytree(
+        embedded.raw_dir("satellite"), raw / "satellite", ignore=shutil.ignore_patterns("raw.json")
+    )
+    wd = _workdir(
+        tmp_path,
+        source="real",
+        raw_dir=str(raw),
+        lockfile=str(tmp_path / "lock.json"),
+        mirror="http://127.0.0.1:9/",
+    )
+    cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    cfg["tasks"] = ["satellite"]
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = _snakemake(wd, "--cores", "1", "data")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    manifest = json.loads((wd / "results" / "shards" / "satellite" / "manifest.json").read_text())
+    assert manifest["source"] == "real"
+    assert set(json.loads((tmp_path / "lock.json").read_text())["files"]) == {
+        "satellite/satellite_train.npy",
+        "satellite/satellite_test.npy",
+    }
+    assert (
+        "FIRST COPY OF satellite/satellite_train.npy"
+        in (wd / "logs/data/fetch_raw/satellite.log").read_text()
+    )
