@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from nb360.data.loader import ShardDataset, make_loader
-from nb360.data.shards import ShardArrays, iter_split_shards, read_manifest
+from nb360.data.shards import open_shards, read_manifest
 from nb360.tasks import BatchContext, get_task, list_tasks
 from nb360.tasks.common import default_make_batch
 
@@ -51,7 +51,7 @@ def bench_task(shard_dir: Path, task: str, seconds: float) -> dict[str, float]:
     make_batch = spec.make_batch or default_make_batch
 
     # Baseline: the arrays already in memory, batches straight from the task's make_batch.
-    shards = [ShardArrays(p, e, in_memory=True) for p, e in iter_split_shards(manifest, ["train"])]
+    shards = open_shards(manifest, ["train"], in_memory=True)
     count = spec.num_samples or (lambda s, train: s.n_items)
     # Index batches within the first shard (the embedded data have one shard per split).
     first = shards[0]

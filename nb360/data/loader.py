@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from nb360.data.shards import ShardArrays, ShardError, iter_split_shards, read_manifest
+from nb360.data.shards import ShardError, iter_split_shards, open_shards, read_manifest
 from nb360.tasks import BatchContext, TaskSpec, get_task
 from nb360.tasks.common import default_make_batch
 
@@ -47,11 +47,11 @@ class ShardDataset(Dataset):
         self.splits = tuple(splits)
         self.train = train
         self.seed = seed
-        entries = list(iter_split_shards(self.manifest, self.splits))
         if in_memory is None:
-            in_memory = sum(e["bytes"] for _, e in entries) <= memory_budget
+            size = sum(e["bytes"] for _, e in iter_split_shards(self.manifest, self.splits))
+            in_memory = size <= memory_budget
         self.in_memory = in_memory
-        self.shards = [ShardArrays(path, entry, in_memory=in_memory) for path, entry in entries]
+        self.shards = open_shards(self.manifest, self.splits, in_memory=in_memory)
         count = self.task.num_samples or (lambda shard, train: shard.n_items)
         sizes = np.array([count(s, train) for s in self.shards], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])

@@ -304,6 +304,15 @@ class ShardArrays:
         return self.path.stat().st_size
 
 
+def open_shards(
+    manifest: Mapping[str, Any], splits: Sequence[str], in_memory: bool = True
+) -> list[ShardArrays]:
+    """Every shard of ``splits`` (size-checked against the manifest), in manifest order."""
+    return [
+        ShardArrays(path, entry, in_memory=in_memory) for path, entry in iter_split_shards(manifest, splits)
+    ]
+
+
 def iter_split_shards(manifest: Mapping[str, Any], splits: Sequence[str]) -> Iterator[tuple[str, Mapping]]:
     root = Path(manifest["_dir"])
     for split in splits:

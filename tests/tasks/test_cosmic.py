@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from nb360.data.rawfolder import RawDataError, RawFolder
-from nb360.data.shards import ShardArrays
+from nb360.data.shards import open_shards
 from nb360.tasks import BatchContext, get_task
 from nb360.tasks import cosmic as C
 
@@ -132,8 +132,7 @@ def test_unknown_field_and_pickled_members_are_refused(tmp_path):
 def test_make_batch_through_shards(embedded):
     spec = get_task("cosmic")
     manifest = embedded.manifest("cosmic")
-    entry = manifest["splits"]["train"]["shards"][0]
-    shard = ShardArrays(f"{manifest['_dir']}/{entry['file']}", entry)
+    shard = open_shards(manifest, ["train"])[0]
     idx = np.array([5, 0, 7, 5])
     x0, sky = shard.items("x", idx), shard.items("sky", idx)
     train = spec.make_batch(shard, idx, BatchContext(train=True, normaliser={}, rng=np.random.default_rng(0)))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from nb360.data.rawfolder import RawFolder
-from nb360.data.shards import ShardArrays, iter_split_shards
+from nb360.data.shards import open_shards
 from nb360.tasks import BatchContext, darcy, get_task
 
 
@@ -89,8 +89,7 @@ def test_make_batch_from_shards(embedded, splits, fit):
     spec = get_task("darcy")
     manifest = embedded.manifest("darcy")
     norm = manifest["normaliser"]
-    path, entry = next(iter_split_shards(manifest, ["train"]))
-    shard = ShardArrays(path, entry)
+    shard = open_shards(manifest, ["train"])[0]
     idx = np.arange(len(splits["train"]))
     ctx = BatchContext(train=True, normaliser=norm, rng=np.random.default_rng(0), fit_splits=fit)
     batch = spec.make_batch(shard, idx, ctx)

@@ -9,7 +9,7 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import roc_auc_score
 
 from nb360.data.rawfolder import RawDataError, RawFolder
-from nb360.data.shards import ShardArrays, iter_split_shards
+from nb360.data.shards import open_shards
 from nb360.tasks import BatchContext, EmbeddedContext, get_task
 from nb360.tasks.deepsea import (
     BASES,
@@ -151,8 +151,7 @@ def test_make_batch_and_retrain_protocol(embedded):
     spec = get_task("deepsea")
     assert spec.splits.retrain_fit == ("train",) and spec.splits.report == ("test",)
     manifest = embedded.manifest("deepsea")
-    path, entry = next(iter_split_shards(manifest, ["train"]))
-    shard = ShardArrays(path, entry)
+    shard = open_shards(manifest, ["train"])[0]
     idx = np.array([5, 0, 17, 5])
     ctx = BatchContext(train=True, normaliser=manifest["normaliser"], rng=np.random.default_rng(0))
     batch = spec.make_batch(shard, idx, ctx)

@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from nb360.data.pipeline import generate_embedded
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.safe_pickle import _ALLOWED, SafeUnpickler, UnsafePickleError
-from nb360.data.shards import ShardArrays, SplitData, iter_split_shards, write_shard
+from nb360.data.shards import ShardArrays, SplitData, open_shards, write_shard
 from nb360.tasks import BatchContext, get_task
 from nb360.tasks.ecg import (
     CLASS_CODES,
@@ -41,8 +41,7 @@ def _raw(embedded) -> RawFolder:
 def _load_windows(manifest: dict, split: str, train: bool = False) -> dict[str, np.ndarray]:
     spec = get_task(TASK)
     parts = []
-    for path, entry in iter_split_shards(manifest, [split]):
-        shard = ShardArrays(path, entry)
+    for shard in open_shards(manifest, [split]):
         idx = np.arange(spec.num_samples(shard, train))
         parts.append(
             spec.make_batch(
@@ -163,8 +162,7 @@ def test_shards_give_window_batches(embedded):
     rng = np.random.default_rng(1)
     for split, data in splits.items():
         total = 0
-        for path, entry in iter_split_shards(manifest, [split]):
-            shard = ShardArrays(path, entry)
+        for shard in open_shards(manifest, [split]):
             n = spec.num_samples(shard, True)
             assert n == spec.num_samples(shard, False) == len(shard.table("windows"))
             total += n

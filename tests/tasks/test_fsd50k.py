@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 
 from nb360.data.loader import ShardDataset
 from nb360.data.rawfolder import RawDataError, RawFolder
-from nb360.data.shards import ShardArrays, sha256_file
+from nb360.data.shards import ShardArrays, open_shards, sha256_file
 from nb360.tasks import BatchContext, EmbeddedContext, get_task
 from nb360.tasks import fsd50k as F
 
@@ -24,10 +24,9 @@ SR = 22050
 
 
 def _shard(embedded, split: str) -> ShardArrays:
-    manifest = embedded.manifest(TASK)
-    shards = manifest["splits"][split]["shards"]
+    shards = open_shards(embedded.manifest(TASK), [split])
     assert len(shards) == 1  # the embedded splits fit one shard each
-    return ShardArrays(Path(manifest["_dir"]) / shards[0]["file"], shards[0])
+    return shards[0]
 
 
 def _reference_logmel(audio: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from nb360.data.rawfolder import RawDataError, RawFolder
-from nb360.data.shards import ShardArrays, iter_split_shards, sha256_file
+from nb360.data.shards import open_shards, sha256_file
 from nb360.tasks import BatchContext, EmbeddedContext, get_task
 from nb360.tasks import ninapro as nina
 
@@ -57,8 +57,7 @@ def test_files_are_pickled_and_read_through_the_verified_path(embedded, tmp_path
 def test_make_batch_from_shards(embedded, splits):
     spec = get_task("ninapro")
     manifest = embedded.manifest("ninapro")
-    path, entry = next(iter_split_shards(manifest, ["train"]))
-    shard = ShardArrays(path, entry)
+    shard = open_shards(manifest, ["train"])[0]
     idx = np.array([5, 0, 17, 5])
     ctx = BatchContext(train=True, normaliser=manifest["normaliser"], rng=np.random.default_rng(0))
     batch = spec.make_batch(shard, idx, ctx)

@@ -9,7 +9,7 @@ import pytest
 
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.safe_pickle import UnsafePickleError, safe_load_npy, safe_loads
-from nb360.data.shards import ShardArrays, iter_split_shards, sha256_file
+from nb360.data.shards import ShardArrays, open_shards, sha256_file
 from nb360.tasks import BatchContext, EmbeddedContext, get_task
 from nb360.tasks.psicov import (
     BLOSUM62,
@@ -47,8 +47,7 @@ def zipped(raw):
 
 
 def _shard(embedded, split: str) -> ShardArrays:
-    (path, entry), *_ = iter_split_shards(embedded.manifest(TASK), [split])
-    return ShardArrays(path, entry)
+    return open_shards(embedded.manifest(TASK), [split])[0]
 
 
 def _lst(z: zipfile.ZipFile, name: str) -> list[str]:

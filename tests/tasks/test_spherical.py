@@ -10,7 +10,7 @@ import pytest
 from nb360.data.pipeline import generate_embedded
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.safe_pickle import UnsafePickleError
-from nb360.data.shards import ShardArrays, iter_split_shards, sha256_file
+from nb360.data.shards import open_shards, sha256_file
 from nb360.tasks import BatchContext, get_task
 from nb360.tasks.cifar100 import EMBEDDED_TEST, EMBEDDED_TRAIN, embedded_images
 from nb360.tasks.common import rng_for
@@ -145,8 +145,7 @@ def test_float_files_are_read_as_float32(tmp_path):
 
 
 def _shard(manifest, split):
-    path, entry = next(iter_split_shards(manifest, [split]))
-    return ShardArrays(path, entry)
+    return open_shards(manifest, [split])[0]
 
 
 def test_make_batch_casts_without_normalising(embedded):
