@@ -14,7 +14,7 @@ into windows of 1000 samples with a class-dependent stride that rebalances the c
 500 // 6, Other 250, Noisy 25), in every split; window starts are ``range(0, len - 1000, stride)`` as in the
 original (its exclusive end kept, so that train + val should give the retrain protocol's 295,021 windows on
 the real data). Each window keeps its record id for the record-level vote of the metric (macro F1 over the
-four classes, :func:`record_macro_f1`).
+four classes, :func:`nb360.metrics.ecg_one_minus_f1`).
 
 Stored per split: ragged ``signal`` (one z-scored float32 recording per item), items ``y`` (int64 record
 label) and ``record`` (int64: the recording's index in ``challenge2017.pkl``, unique over all splits), and the
@@ -52,9 +52,9 @@ Deviation: a recording whose window range is empty (1000 samples or fewer; none 
 release) gets one window at start 0, zero-padded to 1000 samples after z-scoring; the original drops it from
 training and scoring without a word.
 Deviation: a constant recording is z-scored with its standard deviation floored at 1e-8 (zeros, not NaN).
-Deviation (metric): a class absent from both the record labels and the voted predictions is left out of the
-macro mean (scikit-learn's default); the original raises ``KeyError``. Vote ties go to the tied class whose
-first window comes earliest, as the original.
+Deviation (metric, in :mod:`nb360.metrics`): a class absent from both the record labels and the voted
+predictions is left out of the macro mean (scikit-learn's default); the original raises ``KeyError``. Vote
+ties go to the tied class whose first window comes earliest, as the original.
 """
 
 from __future__ import annotations
@@ -182,38 +182,6 @@ def make_batch(shard: ShardArrays, idx: np.ndarray, ctx: BatchContext) -> dict[s
             seg = rec[win[k, 1] : win[k, 1] + WINDOW]
             x[k, 0, : len(seg)] = seg
     return {"x": x, "y": shard.items("y", items), "group": shard.items("record", items)}
-
-
-# -----------------------------------------------------------------------------------------------------------
-# Metric helpers (record-level majority vote and macro F1, nb360.md 1.2 / 1.2b)
-
-
-def vote_records(pred: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Majority vote of window predictions per record: (sorted record ids, voted class). Ties go to the tied
-    class whose first window comes earliest in the given order (as the original's ``Counter.most_common``)."""
-    pred, group = np.asarray(pred, dtype=np.int64), np.asarray(group, dtype=np.int64)
-    records, inv = np.unique(group, return_inverse=True)
-    n_cls = int(pred.max()) + 1 if len(pred) else 1
-    counts = np.zeros((len(records), n_cls), dtype=np.int64)
-    np.add.at(counts, (inv, pred), 1)
-    first = np.full((len(records), n_cls), len(pred), dtype=np.int64)
-    np.minimum.at(first, (inv, pred), np.arange(len(pred)))
-    best = counts.max(axis=1, keepdims=True)
-    first = np.where(counts == best, first, len(pred) + 1)
-    return records, first.argmin(axis=1)
-
-
-def record_macro_f1(pred: np.ndarray, target: np.ndarray, group: np.ndarray) -> float:
-    """Macro F1 over classes after the per-record vote; classes absent from both the record labels and the
-    voted predictions are left out of the mean."""
-    _, p = vote_records(pred, group)
-    _, t = vote_records(target, group)
-    scores = []
-    for c in np.union1d(p, t):
-        tp = np.sum((p == c) & (t == c))
-        denom = np.sum(p == c) + np.sum(t == c)
-        scores.append(2.0 * tp / denom)
-    return float(np.mean(scores))
 
 
 # -----------------------------------------------------------------------------------------------------------
@@ -482,6 +450,6 @@ SPEC = register_task(
         license="ODC-BY 1.0",
         reference="nb360.md 1.2 ECG, 1.2b, 1.3 ECG, 1.4",
         notes="Samples are windows; metric = macro F1 over N/AF/Other/Noisy after a per-record majority vote "
-        "of the window predictions (group = record id), see record_macro_f1.",
+        "of the window predictions (group = record id), see nb360.metrics.ecg_one_minus_f1.",
     )
 )

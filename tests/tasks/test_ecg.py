@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from scipy import signal
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -19,6 +18,7 @@ from nb360.data.pipeline import generate_embedded
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.safe_pickle import _ALLOWED, SafeUnpickler, UnsafePickleError
 from nb360.data.shards import ShardArrays, SplitData, open_shards, write_shard
+from nb360.metrics import record_macro_f1, vote_records
 from nb360.tasks import BatchContext, get_task
 from nb360.tasks.ecg import (
     CLASS_CODES,
@@ -26,8 +26,6 @@ from nb360.tasks.ecg import (
     RAW_NAME,
     STRIDES,
     WINDOW,
-    record_macro_f1,
-    vote_records,
     window_starts,
 )
 
@@ -226,24 +224,6 @@ def test_reader_reads_a_protocol_2_pickle_written_by_numpy_1(embedded, tmp_path)
     for split in ref:
         np.testing.assert_array_equal(got[split].tables["windows"], ref[split].tables["windows"])
         np.testing.assert_array_equal(got[split].ragged["signal"][0], ref[split].ragged["signal"][0])
-
-
-def test_vote_and_macro_f1():
-    # Ties go to the class whose first window comes first; the record label is voted the same way.
-    pred = np.array([2, 1, 1, 2, 0, 3, 3, 0, 0])
-    group = np.array([5, 5, 5, 5, 8, 8, 8, 8, 1])
-    records, voted = vote_records(pred, group)
-    np.testing.assert_array_equal(records, [1, 5, 8])
-    np.testing.assert_array_equal(voted, [0, 2, 0])
-    rng = np.random.default_rng(0)
-    rec_y = rng.integers(0, 3, 50)  # class 3 absent from the labels
-    group = np.repeat(np.arange(50), rng.integers(1, 6, 50))
-    target = rec_y[group]
-    for _ in range(5):
-        pred = np.where(rng.random(len(group)) < 0.6, target, rng.integers(0, 4, len(group)))
-        voted = [Counter(pred[group == r].tolist()).most_common(1)[0][0] for r in range(50)]
-        # Counter.most_common keeps first-seen order among ties, i.e. the original's rule.
-        assert record_macro_f1(pred, target, group) == pytest.approx(f1_score(rec_y, voted, average="macro"))
 
 
 def _features(x: np.ndarray) -> np.ndarray:
