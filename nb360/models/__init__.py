@@ -1,0 +1,19 @@
+"""Models: the registry (:func:`create_model`) and the baselines. Importing this package registers every
+built-in model: ``wrn`` (the benchmark's baseline for any task), ``wrn_point``, ``wrn_dense``, ``resnet1d``
+and ``trivial``."""
+
+from nb360.models.registry import create_model, list_models, output_shape, register_model
+from nb360.models.resnet1d import ResNet1D
+from nb360.models.trivial import TrivialModel, fit_trivial
+from nb360.models.wrn import WideResNet
+
+__all__ = [
+    "ResNet1D",
+    "TrivialModel",
+    "WideResNet",
+    "create_model",
+    "fit_trivial",
+    "list_models",
+    "output_shape",
+    "register_model",
+]
