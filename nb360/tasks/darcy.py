@@ -205,6 +205,15 @@ def encode_y(sol: np.ndarray, normaliser: dict[str, Any], fit_splits: tuple[str,
     return (sol - mean) / (std + normaliser.get("eps", EPS))
 
 
+def decode_output(out: Any, normaliser: dict[str, Any], fit_splits: tuple[str, ...]) -> Any:
+    """:func:`decode_y` for torch tensors (keeps the graph, device and dtype of ``out``)."""
+    import torch
+
+    mean, std = _stats(normaliser, fit_splits, "y")
+    scale = torch.as_tensor(std + normaliser.get("eps", EPS), device=out.device, dtype=out.dtype)
+    return out * scale + torch.as_tensor(mean, device=out.device, dtype=out.dtype)
+
+
 def make_batch(shard: ShardArrays, idx: np.ndarray, ctx: BatchContext) -> dict[str, np.ndarray]:
     """x: normalised coefficient + grid (B, 3, 85, 85); y: raw solution (B, 1, 85, 85)."""
     coeff = shard.items("coeff", idx).astype(np.float32, copy=False)
@@ -343,6 +352,8 @@ SPEC = register_task(
         generate_embedded=generate_embedded,
         fit_normaliser=fit_normaliser,
         make_batch=make_batch,
+        decode_output=decode_output,
+        encode_target=encode_y,
         items_per_shard=1_000,
         license="MIT",
         reference="nb360.md 1.2 Darcy, 1.2b, 1.3 Darcy Flow, 1.4",

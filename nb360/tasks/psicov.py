@@ -345,6 +345,18 @@ def protein_block(canvas: np.ndarray, length: int) -> np.ndarray:
     return canvas[..., half : half + length, half : half + length]
 
 
+def window_forward(model: Any, x: Any) -> Any:
+    """Evaluation forward as the official ``forward_window``: the model sees non-overlapping CROP x CROP
+    windows of the canvas (its training input size), and the predictions are stitched back together."""
+    b, c, h, w = x.shape
+    if h % CROP or w % CROP:
+        raise ValueError(f"psicov evaluation canvas {h}x{w} is not a multiple of the {CROP} window")
+    tiles = x.reshape(b, c, h // CROP, CROP, w // CROP, CROP).permute(0, 2, 4, 1, 3, 5)
+    out = model(tiles.reshape(-1, c, CROP, CROP))
+    out = out.reshape(b, h // CROP, w // CROP, -1, CROP, CROP).permute(0, 3, 1, 4, 2, 5)
+    return out.reshape(b, -1, h, w)
+
+
 def make_batch(shard: ShardArrays, idx: np.ndarray, ctx: BatchContext) -> dict[str, np.ndarray]:
     idx = np.asarray(idx, dtype=np.int64)
     lengths = shard.items("length", idx).astype(np.int64)
@@ -550,6 +562,7 @@ SPEC = register_task(
         read_raw=read_raw,
         generate_embedded=generate_embedded,
         make_batch=make_batch,
+        eval_forward=window_forward,
         # ~16 L^2 bytes per protein: 400 real proteins (L ~ 200) make shards of a few hundred MB.
         items_per_shard=400,
         license="GPL (DeepCov/PSICOV via PDNet); embedded: MDAnalysisTests LGPL, PDB CC0",

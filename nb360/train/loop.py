@@ -1,0 +1,298 @@
+"""The one training loop, for every task and every architecture (baselines now, searched networks later).
+
+The paper's protocol (nb360.md 3.1): SGD with Nesterov momentum 0.9, weight decay 5e-4, learning rate decayed
+x0.2 at 30/60/80 % of the epochs, per-task learning rate and batch size. Split semantics are explicit:
+
+* ``phase="search"``: fit on the task's search-fit split (train), select on its search-select split (val),
+  evaluated after every epoch;
+* ``phase="retrain"``: fit on train + val (the task's retrain-fit splits) and report on test once, at the end.
+  The test split never chooses anything.
+
+A checkpoint is written atomically after every epoch (weights, optimiser, schedule, RNG state, history); a
+run started again resumes from it and ends with the same metrics as an uninterrupted run (on the CPU).
+On CUDA the loop uses bf16 autocast and channels-last memory for 2D models.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nb360 import metrics
+from nb360.data.loader import make_loader
+from nb360.data.shards import read_manifest
+from nb360.tasks import TaskSpec, get_task
+from nb360.train.losses import make_loss
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "nb360-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    lr: float
+    batch_size: int
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = (0.3, 0.6, 0.8)  # fractions of the epochs
+    gamma: float = 0.2
+    grad_clip: float | None = None
+    # Smoke budgets cap the batches of an epoch (None: whole epochs, as in the paper).
+    max_batches_per_epoch: int | None = None
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class RunResult:
+    metrics: dict[str, float]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    params: int = 0
+    phase: str = "retrain"
+    eval_splits: tuple[str, ...] = ("test",)
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds torch and numpy's legacy global state (our own code draws only from explicit generators)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def phase_splits(spec: TaskSpec, phase: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(fit splits, evaluation splits) of a phase."""
+    if phase == "search":
+        return spec.splits.for_phase("search", "fit"), spec.splits.for_phase("search", "select")
+    if phase == "retrain":
+        return spec.splits.for_phase("retrain", "fit"), spec.splits.for_phase("retrain", "report")
+    raise ValueError(f"phase must be 'search' or 'retrain', not {phase!r}")
+
+
+class _Accelerator:
+    """bf16 autocast and channels-last on CUDA; plain float32 on the CPU."""
+
+    def __init__(self, device: torch.device, spatial_dim: int):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.channels_last = self.cuda and spatial_dim == 2
+
+    def model(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def batch(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.channels_last:
+            out["x"] = out["x"].contiguous(memory_format=torch.channels_last)
+        return out
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt checkpoint must not be trusted: say so and start over
+        raise RuntimeError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}): it is corrupt or not written by this "
+            "pipeline; delete it to restart this run from scratch"
+        ) from e
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise RuntimeError(f"{path} is not an nb360 checkpoint; delete it to restart this run")
+    return state
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    spec: TaskSpec,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    normaliser: Mapping[str, Any],
+    fit_splits: tuple[str, ...],
+    accel: _Accelerator | None = None,
+) -> dict[str, np.ndarray]:
+    """Model outputs (decoded to target units) and the batches' targets, concatenated in loader order."""
+    accel = accel or _Accelerator(next(model.parameters(), torch.zeros(0)).device, spec.dim)
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = defaultdict(list)
+    for batch in batches:
+        x = accel.batch({"x": batch["x"]})["x"]
+        with accel.autocast():
+            out = spec.eval_forward(model, x) if spec.eval_forward else model(x)
+        out = out.float()
+        if spec.decode_output:
+            out = spec.decode_output(out, normaliser, fit_splits)
+        parts["pred"].append(out.cpu().numpy())
+        for k, v in batch.items():
+            if k != "x":
+                parts[k].append(v.numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def evaluate(
+    model: nn.Module,
+    spec: TaskSpec,
+    manifest: Mapping[str, Any],
+    splits: tuple[str, ...],
+    fit_splits: tuple[str, ...],
+    batch_size: int,
+    accel: _Accelerator | None = None,
+) -> dict[str, float]:
+    """The task's metrics (paper form, lower is better) of ``model`` on ``splits``."""
+    loader = make_loader(manifest, splits, batch_size, train=False, fit_splits=fit_splits)
+    outputs = predict(model, spec, loader, manifest.get("normaliser", {}), fit_splits, accel)
+    return metrics.score(spec.name, outputs)
+
+
+def fit(
+    model: nn.Module,
+    manifest: str | os.PathLike | Mapping[str, Any],
+    cfg: TrainConfig,
+    phase: str = "retrain",
+    seed: int = 0,
+    device: str = "auto",
+    checkpoint: str | os.PathLike | None = None,
+    stop_after_epochs: int | None = None,
+) -> RunResult:
+    """Train ``model`` on a task's shards and evaluate it; resumable from ``checkpoint``.
+
+    ``stop_after_epochs`` ends the call early (as a kill would) after that many epochs of this call; the
+    checkpoint then holds the state to resume from. It exists for tests of resumption.
+    """
+    manifest = manifest if isinstance(manifest, Mapping) else read_manifest(manifest)
+    spec = get_task(manifest["task"])
+    fit_splits, eval_splits = phase_splits(spec, phase)
+    normaliser = manifest.get("normaliser", {})
+    accel = _Accelerator(resolve_device(device), spec.dim)
+    model = accel.model(model)
+    loss_fn = make_loss(spec, normaliser, fit_splits)
+    loader = make_loader(manifest, fit_splits, cfg.batch_size, train=True, seed=seed, fit_splits=fit_splits)
+    steps = len(loader) if cfg.max_batches_per_epoch is None else min(len(loader), cfg.max_batches_per_epoch)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
+    milestones = sorted(
+        {max(1, math.ceil(f * cfg.epochs)) for f in cfg.milestones if f * cfg.epochs < cfg.epochs}
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
+
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    history: list[dict[str, Any]] = []
+    start = 0
+    state = _load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    if state is not None and state.get("config") != asdict(cfg):
+        log.warning("checkpoint %s was written with another configuration; starting over", ckpt_path)
+        state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        history, start = list(state["history"]), int(state["epoch"])
+        log.info("resuming %s from %s after epoch %d of %d", spec.name, ckpt_path, start, cfg.epochs)
+    params = count_params(model)
+    log.info(
+        "%s %s: %d parameters, %d epochs x %d batches of %d on %s (fit %s, evaluate %s)",
+        spec.name, phase, params, cfg.epochs, steps, cfg.batch_size, accel.device,
+        "+".join(fit_splits), "+".join(eval_splits),
+    )  # fmt: skip
+    eval_bs = cfg.eval_batch_size or cfg.batch_size
+    for epoch in range(start, cfg.epochs):
+        if stop_after_epochs is not None and epoch - start >= stop_after_epochs:
+            return RunResult({}, history, params, phase, eval_splits)
+        loader.sampler.set_epoch(epoch)
+        model.train()
+        t0, t_log, total, seen = time.perf_counter(), time.perf_counter(), 0.0, 0
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            batch = accel.batch(batch)
+            with accel.autocast():
+                out = model(batch["x"])
+            loss = loss_fn(out.float(), batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{spec.name}: loss is {loss.item()} at epoch {epoch + 1}, step {step}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            n = len(batch["x"])
+            total, seen = total + loss.item() * n, seen + n
+            if time.perf_counter() - t_log > 30:
+                t_log = time.perf_counter()
+                log.info("  epoch %d: %d/%d batches, loss %.4g", epoch + 1, step + 1, steps, total / seen)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        seconds = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": total / max(seen, 1),
+            "lr": lr,
+            "seconds": seconds,
+            "samples_per_s": seen / max(seconds, 1e-9),
+            "val": None,
+        }
+        if phase == "search":
+            record["val"] = evaluate(model, spec, manifest, eval_splits, fit_splits, eval_bs, accel)
+        history.append(record)
+        log.info(
+            "epoch %d/%d: loss %.4g, lr %.3g, %.1f s (%.0f samples/s)%s",
+            epoch + 1, cfg.epochs, record["train_loss"], lr, seconds, record["samples_per_s"],
+            f", val {record['val']}" if record["val"] else "",
+        )  # fmt: skip
+        if ckpt_path is not None:
+            _save_checkpoint(
+                ckpt_path,
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                    "config": asdict(cfg),
+                },
+            )
+    final = evaluate(model, spec, manifest, eval_splits, fit_splits, eval_bs, accel)
+    log.info("%s %s on %s: %s", spec.name, phase, "+".join(eval_splits), final)
+    return RunResult(final, history, params, phase, eval_splits)

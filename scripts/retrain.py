@@ -1,0 +1,32 @@
+"""Rule retrain: one method on one task with one seed; writes scores.json and history.json."""
+
+from pathlib import Path
+
+import torch
+
+from nb360.logs import log_to
+from nb360.methods import RunContext, get_method
+from nb360.runs import write_run
+from nb360.tasks import get_task
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+with log_to(smk.log[0]):
+    torch.set_num_threads(smk.threads)
+    workdir = Path(smk.output.scores).parent
+    ctx = RunContext(
+        task=get_task(smk.wildcards.task),
+        manifest=Path(smk.input.manifest),
+        seed=int(smk.wildcards.seed),
+        budget=smk.params.budget,
+        device=smk.params.device,
+        workdir=workdir,
+    )
+    result = get_method(smk.wildcards.method).retrain(ctx)
+    meta = {
+        "task": ctx.task.name,
+        "method": smk.wildcards.method,
+        "seed": ctx.seed,
+        "budget": ctx.budget,
+        "data_source": smk.params.data_source,
+    }
+    write_run(result, smk.output.scores, smk.output.history, meta)
