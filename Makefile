@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES)
 
-.PHONY: setup run data test test-unit lint format report bench-loader lock clean
+.PHONY: setup run data test test-unit lint format report bench-loader bench-train lock clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,9 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml requirements.lock
 
 setup: $(VENV)/.installed
 
-run: setup  ## the whole default DAG on the embedded data
+run: setup  ## the whole default DAG on the embedded data, then the HTML report
 	$(SNAKEMAKE) all
+	$(BIN)/snakemake --report results/report.html
 
 data: setup  ## shards of all configured tasks
 	$(SNAKEMAKE) data
@@ -46,6 +47,9 @@ report: setup
 
 bench-loader: setup  ## shard vs in-memory read throughput per task
 	$(BIN)/python benchmarks/loader_throughput.py
+
+bench-train: setup  ## our training loop against a bare PyTorch loop
+	$(BIN)/python benchmarks/train_throughput.py
 
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements.lock
