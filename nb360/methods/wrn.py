@@ -32,7 +32,7 @@ SMOKE = {
     "cifar100": Budget(epochs=8, width=0.25, batch_size=64),
     "spherical": Budget(epochs=6, max_batches_per_epoch=20, width=0.25, batch_size=64),
     "ninapro": Budget(epochs=10, width=0.25, batch_size=64),
-    "fsd50k": Budget(epochs=5, max_batches_per_epoch=24, width=0.25, batch_size=16, lr=1.0),
+    "fsd50k": Budget(epochs=5, width=0.25, batch_size=16, lr=1.0),
     "darcy": Budget(epochs=8, width=0.25, batch_size=8, lr=0.02),
     "psicov": Budget(epochs=3, max_batches_per_epoch=8, width=0.25, batch_size=8),
     "cosmic": Budget(epochs=6, max_batches_per_epoch=15, width=0.25, batch_size=4, lr=0.1),
