@@ -30,17 +30,13 @@ def _workdir(tmp_path: Path, **data_overrides) -> Path:
     return tmp_path
 
 
+def _snakemake_cmd(workdir: Path, *args: str) -> list[str]:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    return [*cmd, "--directory", str(workdir), *args]
+
+
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-    ]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=1800)
+    return subprocess.run(_snakemake_cmd(workdir, *args), capture_output=True, text=True, timeout=1800)
 
 
 @pytest.mark.parametrize(
@@ -132,16 +128,8 @@ def test_killed_retrain_job_resumes_from_its_checkpoint(tmp_path):
         assert _snakemake(wd, "--cores", "1", "data").returncode == 0
     assert _snakemake(whole, "--cores", "1", target).returncode == 0
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(killed),
-    ]
-    proc = subprocess.Popen([*cmd, "--cores", "1", target], start_new_session=True, stdout=subprocess.DEVNULL)
+    cmd = _snakemake_cmd(killed, "--cores", "1", target)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL)
     checkpoint = killed / "results/runs/satellite/wrn/seed0/checkpoint.pt"
     deadline = time.time() + 300
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
