@@ -58,6 +58,7 @@ class ShardDataset(Dataset):
         self.normaliser = self.manifest.get("normaliser", {})
         self.fit_splits = tuple(fit_splits)
         self._make_batch = self.task.make_batch or default_make_batch
+        self.aux = {s: open_shards(self.manifest, [s]) for s in self.task.aux_splits} if train else {}
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -79,6 +80,7 @@ class ShardDataset(Dataset):
             normaliser=self.normaliser,
             rng=_LazyRng((self.seed, *key)),
             fit_splits=self.fit_splits,
+            aux=self.aux,
         )
         if len(self.shards) == 1:  # the common case: no grouping by shard
             out = self._make_batch(self.shards[0], indices, ctx)

@@ -95,6 +95,8 @@ class BatchContext:
     normaliser: Mapping[str, Any]
     rng: np.random.Generator
     fit_splits: tuple[str, ...] = ("train",)
+    # Training only: the shards of the task's auxiliary splits (FSD50K: background noise), by split name.
+    aux: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,8 @@ class TaskSpec:
     fit_normaliser: Callable[[dict[str, SplitData]], dict[str, Any]] | None = None
     # Shard rows -> batch dict {"x": float32 array, "y": array, optional "group": ids}.
     make_batch: Callable[[ShardArrays, np.ndarray, BatchContext], dict[str, np.ndarray]] | None = None
+    # Splits that training batches draw from besides the fit splits (FSD50K: "noise" for background mixing).
+    aux_splits: tuple[str, ...] = ()
     # Number of loader samples held by one shard (default: its number of items); the flag is ctx.train,
     # since some tasks sample differently in training (FSD50K: one random chunk per clip).
     num_samples: Callable[[ShardArrays, bool], int] | None = None

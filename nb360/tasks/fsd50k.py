@@ -37,11 +37,11 @@ split at a time. ``y`` is returned as float32 for BCE-with-logits.
 
 * Deviation: features are stored as float16 (the real release has ~390K chunks: 15 GB as float32, 7.6 GB as
   float16); the rounding step is <= 0.03 dB for |x| < 64 dB, far below the 80-dB range and the augmentation.
-* Deviation: background-noise mixing (probability 0.75, x = (1 - a) x + a noise, a ~ U(0, 0.5)) is left to
-  the training loop, which gets the precomputed ``noise`` split. The original draws a noise file uniformly
-  and a random 101-frame crop of its whole-file features; here the crops are <= ``NOISE_WINDOWS`` evenly
-  spaced windows per file (sample a file via ``clip``, then one of its windows, to weight files as the
-  original does).
+* Background-noise mixing (probability 0.75, x = (1 - a) x + a noise, a ~ U(0, 0.5)) happens in training
+  batches, from the precomputed ``noise`` split (the task's auxiliary split, which the loader hands to
+  :func:`make_batch`): a noise file drawn uniformly, then one of its windows. Deviation: the original takes a
+  random 101-frame crop of the whole file's features; here the crops are <= ``NOISE_WINDOWS`` evenly spaced
+  windows per file.
 * Deviation: a clip whose chunks straddle a shard boundary counts as one training sample in each of the two
   shards (at most one clip per boundary; ``items_per_shard`` is large). Evaluation groups are exact.
 * Deviation: a chunk wav longer than 1 s (none in the release) is centre-cropped to 101 frames and a stereo
@@ -435,6 +435,23 @@ def train_transform(spec: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return spec[:, start : start + FRAMES]
 
 
+NOISE_PROB = 0.75
+NOISE_MAX_ALPHA = 0.5
+
+
+def mix_noise(x: np.ndarray, noise: ShardArrays, rng: np.random.Generator) -> np.ndarray:
+    """With probability NOISE_PROB per sample: (1 - a) x + a noise, a ~ U(0, NOISE_MAX_ALPHA), the noise a
+    window of a noise file drawn uniformly (files weigh the same whatever their number of windows)."""
+    files = noise.items("clip")
+    ids = np.unique(files)
+    out = x.copy()
+    for i in np.flatnonzero(rng.random(len(x)) < NOISE_PROB):
+        rows = np.flatnonzero(files == rng.choice(ids))
+        a = rng.uniform(0.0, NOISE_MAX_ALPHA)
+        out[i] = (1.0 - a) * x[i] + a * noise.items("x", [int(rng.choice(rows))])[0].astype(np.float32)
+    return out
+
+
 def make_batch(shard: ShardArrays, idx: np.ndarray, ctx: BatchContext) -> dict[str, np.ndarray]:
     idx = np.asarray(idx, dtype=np.int64)
     if ctx.train:
@@ -443,6 +460,8 @@ def make_batch(shard: ShardArrays, idx: np.ndarray, ctx: BatchContext) -> dict[s
     else:
         rows = idx
     x = shard.items("x", rows).astype(np.float32)
+    if ctx.train and ctx.aux.get("noise"):
+        x = mix_noise(x, ctx.aux["noise"][0], ctx.rng)
     if ctx.train and len(x):
         x = np.stack([train_transform(s[0], ctx.rng) for s in x])[:, None]
     # Evaluation: the original only pads chunks narrower than 101 frames; stored chunks are 101 wide.
@@ -664,6 +683,7 @@ SPEC = register_task(
         read_raw=read_raw,
         generate_embedded=generate_embedded,
         make_batch=make_batch,
+        aux_splits=("noise",),
         num_samples=num_samples,
         # ~20K chunks (~390 MB of float16 features) per shard on the real data
         items_per_shard=20_000,

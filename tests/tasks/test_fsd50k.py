@@ -320,3 +320,22 @@ def test_logistic_regression_beats_the_label_prior(embedded):
     prior_map, _ = _clip_map(prior, y_te, group)
     assert len(classes) == 12
     assert model_map > prior_map + 0.2 and model_map > 0.55, (model_map, prior_map)
+
+
+def test_training_batches_mix_in_background_noise(embedded):
+    from nb360.data.loader import ShardDataset
+    from nb360.tasks.fsd50k import NOISE_MAX_ALPHA, mix_noise
+
+    manifest = embedded.manifest(TASK)
+    ds = ShardDataset(manifest, ["train"], train=True)
+    assert set(ds.aux) == {"noise"}, "the loader hands the noise split to training batches"
+    assert ShardDataset(manifest, ["test"], train=False).aux == {}, "evaluation mixes in nothing"
+    noise = ds.aux["noise"][0]
+    x = np.zeros((400, 1, 96, 101), np.float32)
+    mixed = mix_noise(x, noise, np.random.default_rng(0))
+    touched = np.abs(mixed).reshape(400, -1).max(axis=1) > 0
+    assert 0.65 < touched.mean() < 0.85  # probability 0.75 per sample
+    # x = 0, so mixed = a * noise window with a <= 0.5: never louder than half the loudest window
+    assert np.abs(mixed).max() <= NOISE_MAX_ALPHA * np.abs(noise.items("x")).max() + 1e-6
+    same = [ds.batch(np.arange(8), key=(0, 1))["x"] for _ in range(2)]
+    assert np.array_equal(same[0], same[1]), "mixing draws from the batch's seeded generator"
