@@ -1,7 +1,8 @@
 """Models: the registry (:func:`create_model`) and the baselines. Importing this package registers every
 built-in model: ``wrn`` (the benchmark's baseline for any task), ``wrn_point``, ``wrn_dense``, ``resnet1d``
-and ``trivial``."""
+``trivial``, and ``darts_eval`` (a searched DARTS cell network)."""
 
+from nb360.models import darts_eval  # noqa: F401 (registers "darts_eval")
 from nb360.models.registry import create_model, list_models, output_shape, register_model
 from nb360.models.resnet1d import ResNet1D
 from nb360.models.trivial import TrivialModel, fit_trivial
