@@ -1,5 +1,5 @@
 """Models: the registry (:func:`create_model`) and the baselines. Importing this package registers every
-built-in model: ``wrn`` (the benchmark's baseline for any task), ``wrn_point``, ``wrn_dense``, ``resnet1d``
+built-in model: ``wrn`` (the benchmark's baseline for any task), ``wrn_point``, ``wrn_dense``, ``resnet1d``,
 ``trivial``, and ``darts_eval`` (a searched DARTS cell network)."""
 
 from nb360.models import darts_eval  # noqa: F401 (registers "darts_eval")
