@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from nb360.data.pipeline import build_shards, generate_embedded
+from nb360.data.rawfolder import RawFolder
 from nb360.data.shards import read_manifest
+from nb360.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 # Pinned PyPI artefacts are cached where `make run` caches them, so CI downloads each once.
@@ -33,6 +35,10 @@ class EmbeddedBuild:
 
     def manifest(self, task: str) -> dict:
         return read_manifest(self.build(task)[1])
+
+    def read(self, task: str) -> dict:
+        """The task's splits as its raw reader returns them from the embedded raw files."""
+        return get_task(task).read_raw(RawFolder.from_stamp(self.stamp(task)))
 
     def raw_dir(self, task: str) -> Path:
         return self.stamp(task).parent

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlparse
 
 import h5py
 import numpy as np
@@ -85,8 +85,6 @@ def fetch_real(
 
 def _key_of(url: str) -> str:
     """Object key of an official URL, to be joined onto a mirror (keeps the bucket's folder layout)."""
-    from urllib.parse import urlparse
-
     return urlparse(url).path.lstrip("/")
 
 

@@ -33,7 +33,7 @@ TASK = "cifar100"
 
 @pytest.fixture(scope="module")
 def splits(embedded):
-    return get_task(TASK).read_raw(RawFolder.from_stamp(embedded.stamp(TASK)))
+    return embedded.read(TASK)
 
 
 def _members(path):

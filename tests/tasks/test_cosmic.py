@@ -28,7 +28,7 @@ def _one_minus_auroc(y, logits):
 
 @pytest.fixture(scope="module")
 def splits(embedded):
-    return get_task("cosmic").read_raw(RawFolder.from_stamp(embedded.stamp("cosmic")))
+    return embedded.read("cosmic")
 
 
 def test_reader_shapes_splits_and_label_ranges(splits):

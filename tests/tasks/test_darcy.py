@@ -2,14 +2,13 @@ import h5py
 import numpy as np
 import pytest
 
-from nb360.data.rawfolder import RawFolder
 from nb360.data.shards import open_shards
 from nb360.tasks import BatchContext, darcy, get_task
 
 
 @pytest.fixture(scope="module")
 def splits(embedded):
-    return get_task("darcy").read_raw(RawFolder.from_stamp(embedded.stamp("darcy")))
+    return embedded.read("darcy")
 
 
 def rel_l2(pred: np.ndarray, y: np.ndarray) -> float:

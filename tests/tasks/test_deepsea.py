@@ -25,7 +25,7 @@ from nb360.tasks.deepsea import (
 
 
 def _splits(embedded):
-    return get_task("deepsea").read_raw(RawFolder.from_stamp(embedded.stamp("deepsea")))
+    return embedded.read("deepsea")
 
 
 def mean_auroc(y: np.ndarray, scores: np.ndarray) -> float:

@@ -10,7 +10,7 @@ from nb360.tasks import ninapro as nina
 
 @pytest.fixture(scope="module")
 def splits(embedded):
-    return get_task("ninapro").read_raw(RawFolder.from_stamp(embedded.stamp("ninapro")))
+    return embedded.read("ninapro")
 
 
 def test_reader_shapes_splits_and_labels(splits, embedded):
@@ -45,7 +45,7 @@ def test_files_are_pickled_and_read_through_the_verified_path(embedded, tmp_path
         np.save(tmp_path / f.name, obj, allow_pickle=True)
         digests[f.name] = sha256_file(tmp_path / f.name)
     via_objects = spec.read_raw(RawFolder(tmp_path, digests))
-    direct = spec.read_raw(RawFolder.from_stamp(embedded.stamp("ninapro")))
+    direct = embedded.read("ninapro")
     for name in ("train", "test"):
         np.testing.assert_array_equal(via_objects[name].items["x"], direct[name].items["x"])
         np.testing.assert_array_equal(via_objects[name].items["y"], direct[name].items["y"])

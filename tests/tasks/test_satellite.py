@@ -6,8 +6,7 @@ from nb360.tasks.satellite import EMBEDDED_TEST, EMBEDDED_TRAIN
 
 
 def test_reader_shapes_splits_and_normalisation(embedded):
-    spec = get_task("satellite")
-    splits = spec.read_raw(RawFolder.from_stamp(embedded.stamp("satellite")))
+    splits = embedded.read("satellite")
     assert {k: len(v) for k, v in splits.items()} == {
         "train": EMBEDDED_TRAIN - EMBEDDED_TEST,
         "val": EMBEDDED_TEST,

@@ -30,7 +30,7 @@ TASK = "spherical"
 
 @pytest.fixture(scope="module")
 def splits(embedded):
-    return get_task(TASK).read_raw(RawFolder.from_stamp(embedded.stamp(TASK)))
+    return embedded.read(TASK)
 
 
 def test_reader_shapes_dtypes_and_splits(splits):
