@@ -1,4 +1,12 @@
-"""Per-run outputs (task x method x seed) and their collection into the tidy score table."""
+"""Per-run outputs (task x method x seed) and their collection into the tidy score table.
+
+Search methods also write ``arch.json`` (:func:`write_arch`, format ``nb360-arch/1``), the file their
+retraining reads back (:func:`read_arch`)::
+
+    {"format": "nb360-arch/1", "task": "cifar100", "method": "gaea", "seed": 0, "budget": "smoke",
+     "kind": "darts_genotype", "arch": {...the method's architecture...}, "summary": "one line",
+     "search": {"seconds": 12.3, "device": "cpu"}}
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,8 @@ import pandas as pd
 from nb360.data.shards import atomic_write_text
 from nb360.train import RunResult
 
+ARCH_FORMAT = "nb360-arch/1"
+
 SCORE_COLUMNS = ["task", "method", "seed", "metric", "value", "lower_is_better", "data_source"]
 
 
@@ -23,7 +33,13 @@ def write_run(
     meta: Mapping[str, Any],
 ) -> None:
     """``scores.json`` (final metrics) and ``history.json`` (per-epoch record), each written atomically."""
-    body = {**meta, "phase": result.phase, "splits": list(result.eval_splits), "params": result.params}
+    body = {
+        **meta,
+        "phase": result.phase,
+        "splits": list(result.eval_splits),
+        "params": result.params,
+        "device": result.device,
+    }
     atomic_write_text(
         history_path, json.dumps({**body, "epochs": result.history, "test": result.metrics}, indent=1)
     )
@@ -54,3 +70,45 @@ def write_scores(paths: Iterable[str | os.PathLike], out: str | os.PathLike) -> 
     df = collect_scores(paths)
     atomic_write_text(out, df.to_csv(index=False))
     return df
+
+
+def write_search_history(result: Any, path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+    """``search.json``: the search's per-epoch (or per-trial) record, its wall time and device."""
+    body = {**meta, "kind": result.kind, "summary": result.summary, "device": result.device}
+    body |= {"seconds": result.seconds, "history": result.history}
+    atomic_write_text(path, json.dumps(body, indent=1) + "\n")
+
+
+def write_arch(
+    kind: str,
+    arch: Mapping[str, Any],
+    summary: str,
+    path: str | os.PathLike,
+    meta: Mapping[str, Any],
+    search: Mapping[str, Any] | None = None,
+) -> None:
+    """The searched architecture of one task x method x seed, written atomically."""
+    body = {"format": ARCH_FORMAT, **meta, "kind": kind, "arch": dict(arch), "summary": summary}
+    body["search"] = dict(search or {})
+    atomic_write_text(path, json.dumps(body, indent=1) + "\n")
+
+
+def read_arch(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
+    """The architecture record of ``path``; ``kind``: the format the caller can build (checked)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no searched architecture; run the method's search first (snakemake {path})"
+        )
+    try:
+        body = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it and rerun the search") from e
+    if not isinstance(body, dict) or body.get("format") != ARCH_FORMAT:
+        raise ValueError(f"{path} is not an nb360 architecture file (format {ARCH_FORMAT!r} expected)")
+    if kind is not None and body.get("kind") != kind:
+        raise ValueError(
+            f"{path} holds a {body.get('kind')!r} architecture, but {kind!r} is needed: "
+            "it was written by another method"
+        )
+    return body

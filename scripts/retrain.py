@@ -20,6 +20,8 @@ with log_to(smk.log[0]):
         budget=smk.params.budget,
         device=smk.params.device,
         workdir=workdir,
+        # Namedlist: "in" looks at the values, so ask the keys.
+        arch=Path(smk.input.arch) if "arch" in smk.input.keys() else None,  # noqa: SIM118
     )
     result = get_method(smk.wildcards.method).retrain(ctx)
     meta = {

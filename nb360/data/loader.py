@@ -117,13 +117,24 @@ class EpochBatchSampler(Sampler):
     """Yields ``((epoch, batch_number), indices)``; shuffles with a generator seeded by (seed, epoch).
 
     The epoch advances at every pass; :meth:`set_epoch` sets it (e.g. when resuming from a checkpoint).
+    ``pool``: the sample indices to draw from (default all ``n``), e.g. one half of the training data in a
+    bilevel architecture search.
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        pool: np.ndarray | None = None,
+    ):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        self.pool = np.arange(n, dtype=np.int64) if pool is None else np.asarray(pool, dtype=np.int64)
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = (
-            n,
+            len(self.pool),
             batch_size,
             shuffle,
             seed,
@@ -141,9 +152,9 @@ class EpochBatchSampler(Sampler):
         epoch = self.epoch
         self.epoch += 1
         if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            order = self.pool[np.random.default_rng([self.seed, epoch]).permutation(self.n)]
         else:
-            order = np.arange(self.n)
+            order = self.pool
         for b in range(len(self)):
             yield (epoch, b), order[b * self.batch_size : (b + 1) * self.batch_size]
 
@@ -175,16 +186,29 @@ def make_loader(
     in_memory: bool | None = None,
     drop_last: bool | None = None,
     fit_splits: Sequence[str] = ("train",),
+    subset: tuple[float, float] | None = None,
 ) -> ShardLoader | DataLoader:
     """Batches of ``splits`` of a task's shards: shuffled for training, in order otherwise.
 
+    ``subset=(a, b)``: only the samples from fraction ``a`` to ``b`` of the data, in storage order (the
+    DARTS papers split the training set into a first half for weights and a second for the architecture).
     With ``num_workers`` > 0 a ``torch.utils.data.DataLoader`` builds batches in worker processes (for tasks
     whose batches are expensive to assemble); both loaders expose ``.dataset`` and ``.sampler``.
     """
     ds = ShardDataset(manifest, splits, train=train, seed=seed, in_memory=in_memory, fit_splits=fit_splits)
     if len(ds) == 0:
         raise ShardError(f"splits {list(splits)} of task {ds.task.name} hold no samples")
-    sampler = EpochBatchSampler(len(ds), batch_size, shuffle=train, seed=seed, drop_last=bool(drop_last))
+    pool = None
+    if subset is not None:
+        a, b = subset
+        if not 0.0 <= a < b <= 1.0:
+            raise ValueError(f"subset must be (a, b) with 0 <= a < b <= 1, got {subset}")
+        pool = np.arange(round(a * len(ds)), round(b * len(ds)), dtype=np.int64)
+        if len(pool) == 0:
+            raise ShardError(f"subset {subset} of splits {list(splits)} of {ds.task.name} holds no samples")
+    sampler = EpochBatchSampler(
+        len(ds), batch_size, shuffle=train, seed=seed, drop_last=bool(drop_last), pool=pool
+    )
     if num_workers == 0:
         return ShardLoader(ds, sampler)
     return DataLoader(

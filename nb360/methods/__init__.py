@@ -2,11 +2,18 @@
 
 import importlib
 
-from nb360.methods.base import Method, RunContext, get_method, list_methods, register_method
+from nb360.methods.base import (
+    Method,
+    RunContext,
+    SearchResult,
+    get_method,
+    list_methods,
+    register_method,
+)
 
-__all__ = ["Method", "RunContext", "get_method", "list_methods", "register_method"]
+__all__ = ["Method", "RunContext", "SearchResult", "get_method", "list_methods", "register_method"]
 
 # The method modules, in the order of the tables' rows. A new method is one module plus one entry here.
-METHOD_MODULES = ("trivial", "wrn")
+METHOD_MODULES = ("trivial", "wrn", "wrn_asha", "darts")
 for _module in METHOD_MODULES:
     importlib.import_module(f"{__name__}.{_module}")

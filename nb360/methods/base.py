@@ -1,15 +1,20 @@
 """The method registry: each method (baseline or search algorithm) is one module and one entry.
 
-A method turns a task's shards into a :class:`~nb360.train.RunResult` for the ``retrain`` phase (and, for
-search methods, first writes its searched architecture; issue 4). Snakemake's ``{method}`` wildcard is a
-registry name.
+A method turns a task's shards into a :class:`~nb360.train.RunResult` (``retrain``: train on train + val,
+report on test). A search method first runs ``search``: it returns a :class:`SearchResult` whose
+architecture the workflow writes to ``results/search/{task}/{method}/seed{seed}/arch.json``, and
+``retrain`` then reads that file (``ctx.arch``): nothing is copied by hand. A search that several jobs share
+(e.g. ASHA on SLURM, one job per worker) also defines ``search_worker``; the workflow runs it once per
+worker, on one storage under the search's folder, before ``search`` collects the result.
+Snakemake's ``{method}`` wildcard is a registry name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nb360.tasks import TaskSpec
 from nb360.train import RunResult
@@ -24,7 +29,22 @@ class RunContext:
     seed: int
     budget: str  # "smoke" or "paper" (see nb360.methods.budgets)
     device: str
-    workdir: Path  # checkpoints and other per-run files
+    workdir: Path  # checkpoints and other per-run files (for a search: the storage its workers share)
+    arch: Path | None = None  # retrain of a search method: the searched architecture file
+    inputs: Mapping[str, Path] = field(default_factory=dict)  # search: arch.json of the methods it reads
+    workers: int = 1  # search: how many worker jobs share it
+
+
+@dataclass
+class SearchResult:
+    """What a search found: ``arch`` (JSON-serialisable) is what the method's ``retrain`` reads back."""
+
+    kind: str  # the architecture format, e.g. "darts_genotype", "densenas_arch", "wrn_hparams"
+    arch: dict[str, Any]
+    summary: str  # one line for the architecture table of the report
+    history: list[dict[str, Any]] = field(default_factory=list)  # per epoch or per trial
+    device: str = "cpu"
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -33,12 +53,22 @@ class Method:
     title: str
     retrain: Callable[[RunContext], RunResult]
     description: str = ""
+    search: Callable[[RunContext], SearchResult] | None = None
+    # Parallel search: one job per worker (worker index 0..workers-1) returns a JSON-able record.
+    search_worker: Callable[[RunContext, int], dict[str, Any]] | None = None
+    reads: tuple[str, ...] = ()  # methods whose searched architecture this method's search reads
+
+    @property
+    def searches(self) -> bool:
+        return self.search is not None
 
 
 _METHODS: dict[str, Method] = {}
 
 
 def register_method(method: Method) -> Method:
+    if method.search_worker is not None and method.search is None:
+        raise ValueError(f"method {method.name!r} has search workers but no search to collect them")
     if method.name in _METHODS:
         raise ValueError(f"method {method.name!r} is registered twice")
     _METHODS[method.name] = method

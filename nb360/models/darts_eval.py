@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+# A module import, not names: nb360.search imports nb360.models.layers, so either package may load first.
+import nb360.search.darts_space as space
 from nb360.models.layers import batch_norm, check_dim, conv, global_avg_pool
 from nb360.models.registry import register_model
-from nb360.search.darts_space import OPS, STEPS, FactorizedReduce, Genotype, ReLUConvBN
 
 if TYPE_CHECKING:
     from nb360.tasks.base import TaskSpec
@@ -53,19 +54,19 @@ class EvalCell(nn.Module):
         super().__init__()
         self.reduction = reduction
         self.preprocess0 = (
-            FactorizedReduce(c_pp, c, dim) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, dim)
+            space.FactorizedReduce(c_pp, c, dim) if reduction_prev else space.ReLUConvBN(c_pp, c, 1, 1, dim)
         )
-        self.preprocess1 = ReLUConvBN(c_p, c, 1, 1, dim)
+        self.preprocess1 = space.ReLUConvBN(c_p, c, 1, 1, dim)
         self.inputs = [j for _, j in pairs]
         self.concat = list(concat)
         self.ops = nn.ModuleList(
-            OPS[name](c, 2 if reduction and j < 2 else 1, dim, True) for name, j in pairs
+            space.OPS[name](c, 2 if reduction and j < 2 else 1, dim, True) for name, j in pairs
         )
         self.out_channels = len(self.concat) * c
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        for i in range(STEPS):
+        for i in range(space.STEPS):
             node = 0
             for n in (2 * i, 2 * i + 1):
                 h = self.ops[n](states[self.inputs[n]])
@@ -82,7 +83,7 @@ class DartsEvalNetwork(nn.Module):
 
     def __init__(
         self,
-        genotype: Genotype,
+        genotype: space.Genotype,
         in_channels: int,
         num_outputs: int,
         *,
@@ -135,7 +136,7 @@ class DartsEvalNetwork(nn.Module):
 def darts_eval(
     spec: TaskSpec,
     *,
-    genotype: str | Path | Genotype,
+    genotype: str | Path | space.Genotype,
     layers: int = 20,
     channels: int = 36,
     drop_path: float = 0.0,
@@ -145,8 +146,8 @@ def darts_eval(
     A genotype that records the kind of task it was searched on must match ``spec`` (dimension, dense or
     not); one with ``dim``/``dense`` unset (e.g. a published CIFAR genotype) is used for any task.
     """
-    if not isinstance(genotype, Genotype):
-        genotype = Genotype.load(genotype)
+    if not isinstance(genotype, space.Genotype):
+        genotype = space.Genotype.load(genotype)
     dense = spec.output_kind == "dense"
     if genotype.dim is not None and genotype.dim != spec.dim:
         raise ValueError(f"genotype was searched on a {genotype.dim}D task; {spec.name!r} is {spec.dim}D")

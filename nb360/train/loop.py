@@ -11,6 +11,12 @@ x0.2 at 30/60/80 % of the epochs, per-task learning rate and batch size. Split s
 A checkpoint is written atomically after every epoch (weights, optimiser, schedule, RNG state, history); a
 run started again resumes from it and ends with the same metrics as an uninterrupted run (on the CPU).
 On CUDA the loop uses bf16 autocast and channels-last memory for 2D models.
+
+Search methods use the same loop through :class:`FitHook` objects, called at fixed points and
+checkpointed with the run: a bilevel architecture update before each weight step
+(:mod:`nb360.search.bilevel`), a drop-path ramp at each epoch start, an ASHA report and prune after each
+epoch (:mod:`nb360.search.asha`). A model with ``weight_parameters()`` (a supernet) has only those trained
+by the weight optimiser; its architecture parameters belong to the hooks.
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -48,12 +54,20 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    # "step": x gamma at the milestones (the WRN protocol); "cosine": cosine annealing to lr_min over the
+    # epochs (DARTS, DenseNAS).
+    schedule: Literal["step", "cosine"] = "step"
     milestones: tuple[float, ...] = (0.3, 0.6, 0.8)  # fractions of the epochs
     gamma: float = 0.2
+    lr_min: float = 0.0
     grad_clip: float | None = None
+    # The fraction (a, b) of the fit data the weights train on (bilevel search: the first half).
+    fit_subset: tuple[float, float] | None = None
     # Smoke budgets cap the batches of an epoch (None: whole epochs, as in the paper).
     max_batches_per_epoch: int | None = None
     eval_batch_size: int | None = None
+    # Search phase: validate every this many epochs (0: only at the end, e.g. a supernet in a smoke run).
+    val_every: int = 1
     num_workers: int = 0
 
 
@@ -64,6 +78,49 @@ class RunResult:
     params: int = 0
     phase: str = "retrain"
     eval_splits: tuple[str, ...] = ("test",)
+    device: str = "cpu"
+    seconds: float = 0.0  # wall time of the epochs run in this call and the final evaluation
+
+
+@dataclass
+class FitState:
+    """What :func:`fit` hands its hooks at setup: the run's model, data and settings."""
+
+    model: nn.Module
+    spec: TaskSpec
+    manifest: Mapping[str, Any]
+    cfg: TrainConfig
+    seed: int
+    fit_splits: tuple[str, ...]
+    loss_fn: Any
+    accel: _Accelerator
+
+
+class FitHook:
+    """An extension of :func:`fit`; override what you need. Hooks run in the order given.
+
+    ``before_step`` runs before every weight step with the (device) batch the weights will train on;
+    ``epoch_end`` may add entries to the epoch's record, or raise to end the run (e.g. an ASHA prune).
+    ``state_dict``/``load_state_dict``: what the hook needs to resume exactly (saved in the checkpoint).
+    """
+
+    def setup(self, state: FitState) -> None:
+        """Called once, after the model is on its device and before the first (or resumed) epoch."""
+
+    def epoch_start(self, epoch: int) -> None:
+        """Called at the start of every epoch (0-based)."""
+
+    def before_step(self, epoch: int, step: int, batch: Mapping[str, torch.Tensor]) -> None:
+        """Called before every weight step."""
+
+    def epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        """Called after every epoch, once the record (and the search-phase validation) is complete."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 def seed_everything(seed: int) -> None:
@@ -176,6 +233,26 @@ def evaluate(
     return metrics.score(spec.name, outputs)
 
 
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule of ``cfg``."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr_min)
+    if cfg.schedule != "step":
+        raise ValueError(f"schedule must be 'step' or 'cosine', not {cfg.schedule!r}")
+    milestones = sorted(
+        {max(1, math.ceil(f * cfg.epochs)) for f in cfg.milestones if f * cfg.epochs < cfg.epochs}
+    )
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
+
+
+def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters the weight optimiser trains: a supernet's ``weight_parameters()``, else all."""
+    select = getattr(model, "weight_parameters", None)
+    return list(select() if callable(select) else model.parameters())
+
+
 def fit(
     model: nn.Module,
     manifest: str | os.PathLike | Mapping[str, Any],
@@ -185,12 +262,15 @@ def fit(
     device: str = "auto",
     checkpoint: str | os.PathLike | None = None,
     stop_after_epochs: int | None = None,
+    hooks: Sequence[FitHook] = (),
 ) -> RunResult:
     """Train ``model`` on a task's shards and evaluate it; resumable from ``checkpoint``.
 
+    ``hooks`` extend the loop (architecture updates, drop-path ramps, pruning); see :class:`FitHook`.
     ``stop_after_epochs`` ends the call early (as a kill would) after that many epochs of this call; the
     checkpoint then holds the state to resume from. It exists for tests of resumption.
     """
+    t_start = time.perf_counter()
     manifest = manifest if isinstance(manifest, Mapping) else read_manifest(manifest)
     spec = get_task(manifest["task"])
     fit_splits, eval_splits = phase_splits(spec, phase)
@@ -198,19 +278,27 @@ def fit(
     accel = _Accelerator(resolve_device(device), spec.dim)
     model = accel.model(model)
     loss_fn = make_loss(spec, normaliser, fit_splits)
-    loader = make_loader(manifest, fit_splits, cfg.batch_size, train=True, seed=seed, fit_splits=fit_splits)
+    loader = make_loader(
+        manifest,
+        fit_splits,
+        cfg.batch_size,
+        train=True,
+        seed=seed,
+        fit_splits=fit_splits,
+        subset=cfg.fit_subset,
+    )
     steps = len(loader) if cfg.max_batches_per_epoch is None else min(len(loader), cfg.max_batches_per_epoch)
+    params_to_train = weight_parameters(model)
     optimizer = torch.optim.SGD(
-        model.parameters(),
+        params_to_train,
         lr=cfg.lr,
         momentum=cfg.momentum,
         nesterov=cfg.nesterov and cfg.momentum > 0,
         weight_decay=cfg.weight_decay,
     )
-    milestones = sorted(
-        {max(1, math.ceil(f * cfg.epochs)) for f in cfg.milestones if f * cfg.epochs < cfg.epochs}
-    )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
+    scheduler = make_scheduler(optimizer, cfg)
+    for hook in hooks:
+        hook.setup(FitState(model, spec, manifest, cfg, seed, fit_splits, loss_fn, accel))
 
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     history: list[dict[str, Any]] = []
@@ -224,6 +312,8 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        for hook, hook_state in zip(hooks, state.get("hooks", []), strict=False):
+            hook.load_state_dict(hook_state)
         history, start = list(state["history"]), int(state["epoch"])
         log.info("resuming %s from %s after epoch %d of %d", spec.name, ckpt_path, start, cfg.epochs)
     params = count_params(model)
@@ -235,14 +325,19 @@ def fit(
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     for epoch in range(start, cfg.epochs):
         if stop_after_epochs is not None and epoch - start >= stop_after_epochs:
-            return RunResult({}, history, params, phase, eval_splits)
+            return RunResult({}, history, params, phase, eval_splits, str(accel.device))
         loader.sampler.set_epoch(epoch)
+        for hook in hooks:
+            hook.epoch_start(epoch)
         model.train()
         t0, t_log, total, seen = time.perf_counter(), time.perf_counter(), 0.0, 0
         for step, batch in enumerate(loader):
             if step >= steps:
                 break
             batch = accel.batch(batch)
+            for hook in hooks:
+                hook.before_step(epoch, step, batch)
+            model.train()
             with accel.autocast():
                 out = model(batch["x"])
             loss = loss_fn(out.float(), batch)
@@ -253,7 +348,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_(params_to_train, cfg.grad_clip)
             optimizer.step()
             n = len(batch["x"])
             total, seen = total + loss.item() * n, seen + n
@@ -271,8 +366,10 @@ def fit(
             "samples_per_s": seen / max(seconds, 1e-9),
             "val": None,
         }
-        if phase == "search":
+        if phase == "search" and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
             record["val"] = evaluate(model, spec, manifest, eval_splits, fit_splits, eval_bs, accel)
+        for hook in hooks:
+            hook.epoch_end(epoch, record)
         history.append(record)
         log.info(
             "epoch %d/%d: loss %.4g, lr %.3g, %.1f s (%.0f samples/s)%s",
@@ -291,8 +388,10 @@ def fit(
                     "torch_rng": torch.get_rng_state(),
                     "history": history,
                     "config": asdict(cfg),
+                    "hooks": [hook.state_dict() for hook in hooks],
                 },
             )
     final = evaluate(model, spec, manifest, eval_splits, fit_splits, eval_bs, accel)
     log.info("%s %s on %s: %s", spec.name, phase, "+".join(eval_splits), final)
-    return RunResult(final, history, params, phase, eval_splits)
+    seconds = time.perf_counter() - t_start
+    return RunResult(final, history, params, phase, eval_splits, str(accel.device), seconds)

@@ -2,7 +2,7 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from nb360.methods import list_methods
+from nb360.methods import get_method, list_methods
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -11,11 +11,28 @@ TASKS = config["tasks"]
 METHODS = config["methods"]
 SEEDS = config["seeds"]
 TRAIN = config["train"]
+SEARCH = config["search"]
 
 _unknown = sorted(set(METHODS) - set(list_methods()))
 if _unknown:
     raise WorkflowError(
         f"config.yaml: unknown method(s) {', '.join(_unknown)}; registered: {', '.join(list_methods())}"
+    )
+
+
+# Search methods among the configured ones; "(?!)" never matches (no search jobs).
+SEARCH_METHODS = [m for m in METHODS if get_method(m).searches]
+PARALLEL_SEARCH = [m for m in SEARCH_METHODS if get_method(m).search_worker is not None]
+SEARCH_PATTERN = "|".join(SEARCH_METHODS) or "(?!)"
+PARALLEL_SEARCH_PATTERN = "|".join(PARALLEL_SEARCH) or "(?!)"
+
+_missing = sorted(
+    {r for m in SEARCH_METHODS for r in get_method(m).reads} - set(SEARCH_METHODS)
+)
+if _missing:
+    raise WorkflowError(
+        f"config.yaml: methods {', '.join(SEARCH_METHODS)} need the search of {', '.join(_missing)}; "
+        "add it to methods"
     )
 
 
@@ -40,3 +57,39 @@ def raw_stamp(wildcards):
     """The raw-data stamp of a task for the configured source (embedded or real)."""
     root = DATA["embedded_dir"] if DATA["source"] == "embedded" else DATA["raw_dir"]
     return f"{root}/{wildcards.task}/raw.json"
+
+
+def search_dir(wildcards, method=None):
+    return f"results/search/{wildcards.task}/{method or wildcards.method}/seed{wildcards.seed}"
+
+
+def search_inputs(wildcards):
+    """A search's inputs: the shards, its worker records (parallel search), the searches it reads."""
+    method = get_method(wildcards.method)
+    inputs = {"manifest": f"{DATA['shard_dir']}/{wildcards.task}/manifest.json"}
+    if method.search_worker is not None:
+        inputs["workers"] = [
+            f"{search_dir(wildcards)}/worker{i}.json" for i in range(SEARCH["workers"])
+        ]
+    for other in method.reads:
+        inputs[f"arch_{other}"] = f"{search_dir(wildcards, other)}/arch.json"
+    return inputs
+
+
+def retrain_inputs(wildcards):
+    """A retrain job's inputs: the shards and, for a search method, its searched architecture."""
+    inputs = {"manifest": f"{DATA['shard_dir']}/{wildcards.task}/manifest.json"}
+    if get_method(wildcards.method).searches:
+        inputs["arch"] = f"{search_dir(wildcards)}/arch.json"
+    return inputs
+
+
+def search_outputs(name):
+    """One file per task x search method x seed, e.g. search_outputs("arch.json")."""
+    return expand(
+        "results/search/{task}/{method}/seed{seed}/{name}",
+        task=TASKS,
+        method=SEARCH_METHODS,
+        seed=SEEDS,
+        name=name,
+    )

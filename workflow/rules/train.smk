@@ -3,7 +3,7 @@
 
 rule retrain:
     input:
-        manifest=f"{DATA['shard_dir']}/{{task}}/manifest.json",
+        unpack(retrain_inputs),
     output:
         scores="results/runs/{task}/{method}/seed{seed}/scores.json",
         history="results/runs/{task}/{method}/seed{seed}/history.json",

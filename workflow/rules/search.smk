@@ -1,0 +1,55 @@
+# Architecture search: one job per task x search method x seed, plus one job per worker of a parallel search.
+# The searched architecture (arch.json) is the input of the method's retrain job.
+
+
+rule search_worker:
+    input:
+        manifest=f"{DATA['shard_dir']}/{{task}}/manifest.json",
+    output:
+        "results/search/{task}/{method}/seed{seed}/worker{worker}.json",
+    log:
+        "logs/search/{task}/{method}/seed{seed}/worker{worker}.log",
+    benchmark:
+        "results/search/{task}/{method}/seed{seed}/worker{worker}.benchmark.tsv"
+    wildcard_constraints:
+        method=PARALLEL_SEARCH_PATTERN,
+        worker=r"\d+",
+    conda:
+        "../../envs/train.yaml"
+    threads: 1
+    params:
+        budget=TRAIN["budget"],
+        device=TRAIN["device"],
+        workers=SEARCH["workers"],
+    script:
+        "../../scripts/search_worker.py"
+
+
+rule search:
+    input:
+        unpack(search_inputs),
+    output:
+        arch=report(
+            "results/search/{task}/{method}/seed{seed}/arch.json",
+            caption="../report/arch.rst",
+            category="Architectures",
+            subcategory="{method}",
+            labels={"task": "{task}", "method": "{method}", "seed": "{seed}"},
+        ),
+        history="results/search/{task}/{method}/seed{seed}/search.json",
+    log:
+        "logs/search/{task}/{method}/seed{seed}.log",
+    benchmark:
+        "results/search/{task}/{method}/seed{seed}/benchmark.tsv"
+    wildcard_constraints:
+        method=SEARCH_PATTERN,
+    conda:
+        "../../envs/train.yaml"
+    threads: 1
+    params:
+        budget=TRAIN["budget"],
+        device=TRAIN["device"],
+        workers=SEARCH["workers"],
+        data_source=DATA["source"],
+    script:
+        "../../scripts/search.py"
