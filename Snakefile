@@ -23,3 +23,5 @@ rule all:
     input:
         rules.tables.output,
         rules.figures.output,
+        rules.cost.output,
+        rules.architectures.output,

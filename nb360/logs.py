@@ -24,6 +24,9 @@ def log_to(path: str | os.PathLike | None, level: int = logging.INFO) -> Iterato
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
     )
+    # Third-party chatter at INFO (fontTools lists every glyph subset of every PDF) would drown our lines.
+    for noisy in ("fontTools", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     logger = logging.getLogger("nb360")
     try:
         yield logger

@@ -42,7 +42,9 @@ DATA_SOURCE_CAPTIONS = {
 
 # Methods in table and legend order: the baselines first, then the NAS methods roughly by cost. Methods not
 # listed (user methods) follow in alphabetical order, so the order never depends on the file's row order.
-METHOD_ORDER = ("trivial", "wrn", "wrn_asha", "random_search", "densenas", "densenas_random", "gaea")
+METHOD_ORDER = (
+    "trivial", "wrn", "wrn_asha", "random_search", "densenas", "densenas_random", "gaea", "darts", "darts2",
+)  # fmt: skip
 METHOD_TITLES = {
     "trivial": "Trivial",
     "wrn": "WRN",
@@ -51,6 +53,8 @@ METHOD_TITLES = {
     "densenas": "DenseNAS",
     "densenas_random": "DenseNAS random",
     "gaea": "DARTS-GAEA",
+    "darts": "DARTS (1st order)",
+    "darts2": "DARTS (2nd order)",
     "perceiver_io": "Perceiver IO",
     "xgboost": "XGBoost",
     "autodeeplab": "Auto-DeepLab",
@@ -105,6 +109,16 @@ def method_order(methods: Iterable[str]) -> list[str]:
     methods = set(methods)
     known = [m for m in METHOD_ORDER if m in methods]
     return known + sorted(methods - set(known))
+
+
+def order_rows(df: pd.DataFrame, keys: Iterable[str] = ()) -> pd.DataFrame:
+    """Rows of a frame with ``task`` and ``method`` columns in table order (benchmark task order, then
+    :func:`method_order`), ties broken by ``keys``; the index is reset."""
+    rank_t = {t: i for i, t in enumerate(task_order(df["task"]))}
+    rank_m = {m: i for i, m in enumerate(method_order(df["method"]))}
+    ranked = df.assign(_task_rank=df["task"].map(rank_t), _method_rank=df["method"].map(rank_m))
+    ranked = ranked.sort_values(["_task_rank", "_method_rank", *keys], kind="stable")
+    return ranked.drop(columns=["_task_rank", "_method_rank"]).reset_index(drop=True)
 
 
 def task_title(task: str) -> str:

@@ -65,6 +65,8 @@ class ArchStep(FitHook):
     architecture batches come from ``subset`` (default: the second half, as DARTS and GAEA).
     ``warmup_epochs``: no architecture update before this epoch (GAEA and DenseNAS: 10 of 50/70).
     ``every``: one architecture step per this many weight steps (DenseNAS: 1 per 4).
+    ``forward_kwargs``: passed to the model's forward on architecture batches (DenseNAS: the full mixture,
+    ``sample_ops=False``, where its weight steps sample one op per layer).
     """
 
     def __init__(
@@ -79,12 +81,14 @@ class ArchStep(FitHook):
         objective: Objective | None = None,
         xi: float | None = None,
         every: int = 1,
+        forward_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if update not in ("eg", "adam", "darts2"):
             raise ValueError(f"update must be 'eg', 'adam' or 'darts2', not {update!r}")
         self.update, self.lr, self.warmup_epochs = update, lr, warmup_epochs
         self.subset, self.batch_size, self.weight_decay = subset, batch_size, weight_decay
         self.objective, self.xi, self.every = objective, xi, every
+        self.forward_kwargs = dict(forward_kwargs or {})
         self.updates = 0  # architecture steps taken (logged in each epoch's record)
 
     def setup(self, state: FitState) -> None:
@@ -131,7 +135,11 @@ class ArchStep(FitHook):
     ) -> torch.Tensor:
         model, accel = self.state.model, self.state.accel
         with accel.autocast():
-            out = model(batch["x"]) if params is None else functional_call(model, params, (batch["x"],))
+            out = (
+                model(batch["x"], **self.forward_kwargs)
+                if params is None
+                else functional_call(model, params, (batch["x"],), self.forward_kwargs)
+            )
         loss = self.state.loss_fn(out.float(), batch)
         return self.objective(model, loss) if self.objective is not None else loss
 

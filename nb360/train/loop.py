@@ -151,9 +151,10 @@ def phase_splits(spec: TaskSpec, phase: str) -> tuple[tuple[str, ...], tuple[str
 class _Accelerator:
     """bf16 autocast and channels-last on CUDA; plain float32 on the CPU."""
 
-    def __init__(self, device: torch.device, spatial_dim: int):
+    def __init__(self, device: torch.device, spatial_dim: int, amp: bool = True):
         self.device = device
         self.cuda = device.type == "cuda"
+        self.amp = amp and self.cuda
         self.channels_last = self.cuda and spatial_dim == 2
 
     def model(self, model: nn.Module) -> nn.Module:
@@ -167,10 +168,11 @@ class _Accelerator:
         return out
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -263,10 +265,12 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     stop_after_epochs: int | None = None,
     hooks: Sequence[FitHook] = (),
+    amp: bool = True,
 ) -> RunResult:
     """Train ``model`` on a task's shards and evaluate it; resumable from ``checkpoint``.
 
     ``hooks`` extend the loop (architecture updates, drop-path ramps, pruning); see :class:`FitHook`.
+    ``amp``: bf16 autocast on CUDA (False: float32 there too; the CPU always runs float32).
     ``stop_after_epochs`` ends the call early (as a kill would) after that many epochs of this call; the
     checkpoint then holds the state to resume from. It exists for tests of resumption.
     """
@@ -275,7 +279,7 @@ def fit(
     spec = get_task(manifest["task"])
     fit_splits, eval_splits = phase_splits(spec, phase)
     normaliser = manifest.get("normaliser", {})
-    accel = _Accelerator(resolve_device(device), spec.dim)
+    accel = _Accelerator(resolve_device(device), spec.dim, amp)
     model = accel.model(model)
     loss_fn = make_loss(spec, normaliser, fit_splits)
     loader = make_loader(

@@ -73,3 +73,76 @@ rule figures:
         "../../envs/report.yaml"
     script:
         "../../scripts/figures.py"
+
+
+# Every worker of every parallel search (paths without the extension of the search_worker rule's files).
+SEARCH_WORKERS = expand(
+    "results/search/{task}/{method}/seed{seed}/worker{worker}",
+    task=TASKS,
+    method=PARALLEL_SEARCH,
+    seed=SEEDS,
+    worker=range(SEARCH["workers"]),
+)
+
+
+rule cost:
+    input:
+        scores=run_outputs("scores.json"),
+        run_benchmarks=run_outputs("benchmark.tsv"),
+        archs=search_outputs("arch.json"),
+        search_benchmarks=search_outputs("benchmark.tsv"),
+        workers=[f"{w}.json" for w in SEARCH_WORKERS],
+        worker_benchmarks=[f"{w}.benchmark.tsv" for w in SEARCH_WORKERS],
+    output:
+        csv=report(
+            "results/tables/cost.csv",
+            caption="../report/cost.rst",
+            category="Cost",
+        ),
+        md=report(
+            "results/tables/cost.md",
+            caption="../report/cost.rst",
+            category="Cost",
+        ),
+        seeds="results/tables/cost_seeds.csv",
+        figure=report(
+            "results/figures/error_vs_cost.png",
+            caption="../report/error_vs_cost.rst",
+            category="Cost",
+        ),
+        pdf="results/figures/error_vs_cost.pdf",
+    log:
+        "logs/report/cost.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/cost.py"
+
+
+rule architectures:
+    input:
+        archs=search_outputs("arch.json"),
+        scores=run_outputs("scores.json"),
+    output:
+        csv=report(
+            "results/tables/architectures.csv",
+            caption="../report/architectures.rst",
+            category="Architectures",
+        ),
+        md=report(
+            "results/tables/architectures.md",
+            caption="../report/architectures.rst",
+            category="Architectures",
+        ),
+        figure=report(
+            "results/figures/cells.png",
+            caption="../report/architectures.rst",
+            category="Architectures",
+        ),
+        pdf="results/figures/cells.pdf",
+    log:
+        "logs/report/architectures.log",
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/architectures.py"

@@ -1,0 +1,131 @@
+"""CUDA checks of the training and search paths, in one run (for a machine with a GPU).
+
+1. WRN-16-4 (the paper's width) on CIFAR-100 shards, float32 against bf16 autocast + channels-last, same seed
+   and batches: samples/s of each and the test metric of each.
+2. The dense WRN on Darcy under bf16: finite metric, samples/s.
+3. GAEA (search, then retraining of the genotype) and DenseNAS (search) on CUDA: the architecture steps run
+   under autocast and the results are finite.
+4. Two GPU jobs at once: two processes started together, each training on the GPU; both must finish, and
+   their wall-clock intervals overlap.
+
+Usage: ``python benchmarks/cuda_check.py --shards results/shards`` (the shards of cifar100, darcy and
+satellite built beforehand). Prints one line per check and a JSON summary; exits non-zero if a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nb360.methods import RunContext, get_method
+from nb360.models import create_model
+from nb360.runs import write_arch
+from nb360.tasks import get_task
+from nb360.train import TrainConfig, fit, seed_everything
+
+
+def wrn_fit(shards: Path, task: str, amp: bool, epochs: int, batch: int, width: float = 1.0) -> dict:
+    seed_everything(0)
+    model = create_model("wrn", get_task(task), width=width)
+    cfg = TrainConfig(epochs=epochs, lr=0.1 if task != "darcy" else 0.02, batch_size=batch)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    result = fit(model, shards / task / "manifest.json", cfg, "retrain", 0, "cuda", amp=amp)
+    torch.cuda.synchronize()
+    return {
+        "task": task,
+        "amp_bf16": amp,
+        "metrics": result.metrics,
+        "samples_per_s": [round(h["samples_per_s"]) for h in result.history],
+        "seconds": round(time.perf_counter() - t0, 2),
+        "peak_mem_mib": round(torch.cuda.max_memory_allocated() / 2**20),
+    }
+
+
+def search_and_retrain(shards: Path, task: str, method: str, workdir: Path, device: str = "cuda") -> dict:
+    m = get_method(method)
+    spec = get_task(task)
+    ctx = RunContext(spec, shards / task / "manifest.json", 0, "smoke", device, workdir)
+    t0 = time.perf_counter()
+    found = m.search(ctx)
+    out = {"task": task, "method": method, "search_s": round(time.perf_counter() - t0, 2)}
+    out |= {"device": found.device, "summary": found.summary}
+    arch = workdir / "arch.json"
+    write_arch(found.kind, found.arch, found.summary, arch, {"task": task, "method": method, "seed": 0})
+    t0 = time.perf_counter()
+    result = m.retrain(RunContext(spec, ctx.manifest, 0, "smoke", device, workdir / "retrain", arch=arch))
+    out |= {"retrain_s": round(time.perf_counter() - t0, 2), "metrics": result.metrics}
+    return out
+
+
+def concurrent_jobs(shards: Path) -> dict:
+    """Two processes, each a WRN fit on the GPU, started together."""
+    cmd = [sys.executable, __file__, "--shards", str(shards), "--job"]
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([*cmd, str(i)], stdout=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    ok = all(p.returncode == 0 for p in procs)
+    (a0, a1), (b0, b1) = ((o["start"] - t0, o["end"] - t0) for o in outs)
+    return {"ok": ok, "jobs": outs, "overlap_s": round(max(0.0, min(a1, b1) - max(a0, b0)), 2)}
+
+
+def one_job(shards: Path, index: int) -> None:
+    start = time.perf_counter()
+    r = wrn_fit(shards, "cifar100", True, epochs=2, batch=128)
+    print(json.dumps({"job": index, "start": start, "end": time.perf_counter(), **r}))
+
+
+def finite(metrics: dict) -> bool:
+    return bool(metrics) and all(math.isfinite(v) for v in metrics.values())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shards", type=Path, default=Path("results/shards"))
+    ap.add_argument("--job", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.job is not None:
+        one_job(args.shards, args.job)
+        return 0
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return 2
+    print(f"device: {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
+    summary: dict = {}
+    checks: dict[str, bool] = {}
+    fp32 = wrn_fit(args.shards, "cifar100", False, epochs=4, batch=128)
+    bf16 = wrn_fit(args.shards, "cifar100", True, epochs=4, batch=128)
+    summary["wrn_cifar100"] = {"fp32": fp32, "bf16": bf16}
+    speed = bf16["samples_per_s"][-1] / fp32["samples_per_s"][-1]
+    print(f"WRN-16-4 CIFAR-100: fp32 {fp32} | bf16 {bf16} | bf16/fp32 speed {speed:.2f}", flush=True)
+    checks["wrn_bf16_finite"] = finite(bf16["metrics"]) and finite(fp32["metrics"])
+    darcy = wrn_fit(args.shards, "darcy", True, epochs=2, batch=8)
+    summary["wrn_darcy_bf16"] = darcy
+    print(f"dense WRN Darcy bf16: {darcy}", flush=True)
+    checks["darcy_finite"] = finite(darcy["metrics"])
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in ("gaea", "densenas"):
+            r = search_and_retrain(args.shards, "satellite", method, Path(tmp) / method)
+            summary[f"{method}_satellite"] = r
+            print(f"{method} on cuda: {r}", flush=True)
+            checks[f"{method}_finite"] = finite(r["metrics"]) and r["device"].startswith("cuda")
+    jobs = concurrent_jobs(args.shards)
+    summary["two_jobs"] = jobs
+    print(f"two GPU jobs at once: overlap {jobs['overlap_s']} s, {jobs}", flush=True)
+    checks["two_jobs"] = jobs["ok"] and jobs["overlap_s"] > 0
+    print(json.dumps({"checks": checks, **summary}))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""DenseNAS and DenseNAS-random on the densely connected ResNet-based space (nb360.md 3.4).
+
+* ``densenas``: the supernet (:class:`nb360.search.densenas_space.DenseSupernet`) trained by
+  :func:`nb360.train.fit` on 4/5 of the training data, its path and op weights updated with Adam on the
+  remaining 1/5 (one architecture batch per four weight batches) after the warm-up epochs, minimising the
+  task loss with DenseNAS' FLOPs sub-objective; the derived architecture is retrained.
+* ``densenas_random``: architectures sampled from the same space under a parameter cap (the DenseNAS-found
+  architecture's parameters + 1M), each trained briefly and selected on val; the best is retrained like
+  DenseNAS. Its search reads DenseNAS' arch.json (``reads``), so the workflow runs DenseNAS first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from nb360.methods.base import Method, RunContext, SearchResult, register_method
+from nb360.methods.budgets import check_budget
+from nb360.models import create_model
+from nb360.models.densenas_net import arch_params
+from nb360.runs import read_arch
+from nb360.search.bilevel import ArchStep
+from nb360.search.densenas_space import DenseArch, DenseSupernet, densenas_objective, sample_arch
+from nb360.search.selection import select_by_short_training
+from nb360.train import RunResult, TrainConfig, fit, seed_everything
+
+log = logging.getLogger(__name__)
+
+KIND = "densenas_arch"
+RANDOM_CAP_EXTRA = 1_000_000  # DenseNAS random: parameter cap = found architecture + 1M
+
+
+@dataclass(frozen=True)
+class DenseBudget:
+    width_mult: float = 1.0
+    search_epochs: int = 70
+    warmup_epochs: int = 10
+    search_batch: int = 64
+    search_max_batches: int | None = None
+    retrain_epochs: int = 240
+    retrain_batch: int = 256
+    retrain_max_batches: int | None = None
+    retrain_lr: float = 0.5
+    random_trials: int = 30
+    random_epochs: int = 10
+    val_every: int = 1
+
+
+PAPER_RETRAIN_BATCH = {
+    "cosmic": 16, "darcy": 8, "psicov": 8, "ecg": 128, "deepsea": 128, "satellite": 4096, "fsd50k": 512,
+}  # fmt: skip  # 256 for the other (2D point) tasks
+PAPER_RANDOM_EPOCHS = {"ecg": 60, "satellite": 60, "deepsea": 60, "psicov": 7}  # 10 elsewhere
+
+SMOKE = DenseBudget(
+    width_mult=0.25,
+    search_epochs=3,
+    warmup_epochs=1,
+    search_batch=16,
+    search_max_batches=8,
+    retrain_epochs=3,
+    retrain_batch=32,
+    retrain_max_batches=10,
+    retrain_lr=0.1,
+    random_trials=3,
+    random_epochs=1,
+    val_every=0,
+)
+_DENSE_SMOKE = {"search_batch": 4, "search_max_batches": 6, "retrain_batch": 4, "retrain_max_batches": 6}
+SMOKE_TASK = {"darcy": _DENSE_SMOKE, "psicov": _DENSE_SMOKE, "cosmic": _DENSE_SMOKE}
+
+
+def budget_for(task: str, budget: str) -> DenseBudget:
+    if check_budget(budget) == "paper":
+        return DenseBudget(
+            retrain_batch=PAPER_RETRAIN_BATCH.get(task, 256),
+            random_epochs=PAPER_RANDOM_EPOCHS.get(task, 10),
+        )
+    return replace(SMOKE, **SMOKE_TASK.get(task, {}))
+
+
+def search(ctx: RunContext) -> SearchResult:
+    b = budget_for(ctx.task.name, ctx.budget)
+    seed_everything(ctx.seed)
+    # Weight steps draw one op per layer, architecture steps use the whole mixture (official DenseNAS).
+    model = DenseSupernet(ctx.task, width_mult=b.width_mult, sample_in_training=True)
+    cfg = TrainConfig(
+        epochs=b.search_epochs,
+        lr=0.2,
+        batch_size=b.search_batch,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=4e-5,
+        schedule="cosine",
+        lr_min=1e-4,
+        fit_subset=(0.0, 0.8),  # the 5-way split: 4 parts for the weights, 1 for the architecture
+        max_batches_per_epoch=b.search_max_batches,
+        eval_batch_size=4 * b.search_batch,
+        val_every=b.val_every,
+    )
+    arch_step = ArchStep(
+        "adam",
+        3e-4,
+        warmup_epochs=b.warmup_epochs,
+        subset=(0.8, 1.0),
+        weight_decay=1e-3,
+        # skip_reg: a skip layer costs a tenth of a basic block, as in every official config.
+        objective=lambda model, loss: densenas_objective(loss, model.expected_flops(skip_reg=True)),
+        every=4,
+        forward_kwargs={"sample_ops": False},
+    )
+    result = fit(
+        model,
+        ctx.manifest,
+        cfg,
+        "search",
+        ctx.seed,
+        ctx.device,
+        ctx.workdir / "supernet.pt",
+        hooks=[arch_step],
+    )
+    arch = model.derive()
+    params = arch_params(ctx.task, arch)
+    summary = f"{arch.summary()} ({params / 1e6:.3g}M parameters)"
+    log.info("%s DenseNAS architecture: %s", ctx.task.name, summary)
+    return SearchResult(KIND, arch.to_dict(), summary, result.history, result.device, result.seconds)
+
+
+def search_random(ctx: RunContext) -> SearchResult:
+    t0 = time.perf_counter()
+    b = budget_for(ctx.task.name, ctx.budget)
+    found = DenseArch.from_dict(read_arch(ctx.inputs["densenas"], KIND)["arch"])
+    cap = arch_params(ctx.task, found) + RANDOM_CAP_EXTRA
+    rng = np.random.default_rng([ctx.seed, 3604])
+    archs = [
+        sample_arch(ctx.task, rng, max_params=cap, width_mult=b.width_mult) for _ in range(b.random_trials)
+    ]
+    cfg = _retrain_config(b, epochs=b.random_epochs)
+    best, records = select_by_short_training(
+        archs,
+        lambda a: create_model("densenas_net", ctx.task, arch=a),
+        ctx.manifest,
+        ctx.task.name,
+        cfg,
+        ctx.seed,
+        ctx.device,
+        ctx.workdir,
+    )
+    for a, r in zip(archs, records, strict=True):
+        r["arch"] = a.summary()
+    arch = archs[best]
+    summary = f"trial {best + 1} of {len(archs)}, cap {cap / 1e6:.3g}M: {arch.summary()}"
+    return SearchResult(
+        KIND,
+        arch.to_dict(),
+        summary,
+        history=records,
+        device=records[best]["device"],
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _retrain_config(b: DenseBudget, epochs: int) -> TrainConfig:
+    return TrainConfig(
+        epochs=epochs,
+        lr=b.retrain_lr,
+        batch_size=b.retrain_batch,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=4e-5,
+        schedule="cosine",
+        lr_min=1e-5,
+        max_batches_per_epoch=b.retrain_max_batches,
+    )
+
+
+def retrain(ctx: RunContext) -> RunResult:
+    """Retrain the searched architecture (nb360.md 3.4: 240 epochs, SGD 0.5 cosine to 1e-5)."""
+    if ctx.arch is None:
+        raise ValueError(f"{ctx.task.name}: retraining a DenseNAS architecture needs its arch.json")
+    b = budget_for(ctx.task.name, ctx.budget)
+    arch = DenseArch.from_dict(read_arch(ctx.arch, KIND)["arch"])
+    seed_everything(ctx.seed)
+    model = create_model("densenas_net", ctx.task, arch=arch)
+    cfg = _retrain_config(b, epochs=b.retrain_epochs)
+    return fit(model, ctx.manifest, cfg, "retrain", ctx.seed, ctx.device, ctx.workdir / "checkpoint.pt")
+
+
+register_method(
+    Method("densenas", "DenseNAS", retrain, "densely connected search space, FLOPs-aware", search=search)
+)
+register_method(
+    Method(
+        "densenas_random",
+        "DenseNAS random",
+        retrain,
+        "random architectures of the DenseNAS space under its parameter cap, the best retrained",
+        search=search_random,
+        reads=("densenas",),
+    )
+)

@@ -1,0 +1,18 @@
+"""Rule cost: the search-cost table (CSV, Markdown, per-seed CSV) and the error-versus-cost figure."""
+
+from pathlib import Path
+
+from nb360.logs import log_to
+from nb360.report.cost import write_cost
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+with log_to(smk.log[0]):
+    write_cost(
+        smk.input.scores,
+        smk.input.archs,
+        smk.input.workers,
+        csv=smk.output.csv,
+        md=smk.output.md,
+        seeds_csv=smk.output.seeds,
+        figure=Path(smk.output.figure).with_suffix(""),
+    )
