@@ -20,10 +20,10 @@ import matplotlib as mpl
 import pandas as pd
 from matplotlib.patches import FancyArrowPatch
 
-from nb360.report.figures import STYLE, _new_figure, save_figure
+from nb360.report.figures import STYLE, new_figure, save_figure
 from nb360.report.tables import (
     MISSING,
-    _md_cell,
+    md_cell,
     method_order,
     method_title,
     order_rows,
@@ -134,7 +134,7 @@ def _to_markdown(table: pd.DataFrame) -> str:
         params = MISSING if pd.isna(r.params) else f"{int(r.params):,}"
         hours = MISSING if pd.isna(r.search_h) else f"{r.search_h:.3g}"
         cells = [task_title(r.task), method_title(r.method), str(r.seed), r.kind, params, hours, r.summary]
-        lines.append("| " + " | ".join(_md_cell(str(c)) for c in cells) + " |")
+        lines.append("| " + " | ".join(md_cell(str(c)) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -252,7 +252,7 @@ def draw_cells(searches: Iterable[str | os.PathLike], out_stem: str | os.PathLik
     )
     several_seeds = len({s for _, s in rows}) > 1
     with mpl.rc_context(STYLE | {"axes.titlesize": 8}):
-        fig = _new_figure(3.3 * 2 * len(methods), 2.2 * len(rows))
+        fig = new_figure(3.3 * 2 * len(methods), 2.2 * len(rows))
         # One subfigure per row, titled with the task, so that panel titles stay short.
         for sub, (task, seed) in zip(fig.subfigures(len(rows), 1, squeeze=False).flat, rows, strict=True):
             sub.suptitle(task_title(task) + (f" (seed {seed})" if several_seeds else ""), fontweight="bold")
@@ -284,7 +284,7 @@ def draw_cells(searches: Iterable[str | os.PathLike], out_stem: str | os.PathLik
 
 def _no_cells(out_stem: str | os.PathLike) -> list[Path]:
     with mpl.rc_context(STYLE):
-        fig = _new_figure(6.0, 1.6)
+        fig = new_figure(6.0, 1.6)
         ax = fig.add_subplot()
         ax.set_axis_off()
         ax.text(

@@ -37,10 +37,10 @@ from matplotlib.lines import Line2D
 
 from nb360.report.figures import (
     STYLE,
-    _grid,
-    _new_figure,
-    _plain_log_ticks,
     method_colours,
+    new_figure,
+    panel_grid,
+    plain_log_ticks,
     save_figure,
 )
 from nb360.report.tables import (
@@ -370,10 +370,10 @@ def error_vs_cost(seeds: pd.DataFrame, out_stem: str | os.PathLike) -> list[Path
     colours = method_colours(methods)
     markers = {m: _MARKERS[i % len(_MARKERS)] for i, m in enumerate(methods)}
     floor = MIN_SECONDS / 3600
-    rows, cols = _grid(len(tasks))
+    rows, cols = panel_grid(len(tasks))
     any_zero = False
     with mpl.rc_context(STYLE):
-        fig = _new_figure(3.1 * cols, 2.5 * rows + 0.4)
+        fig = new_figure(3.1 * cols, 2.5 * rows + 0.4)
         axes = fig.subplots(rows, cols, squeeze=False)
         for ax, task in zip(axes.flat, tasks, strict=False):
             panel = seeds[seeds["task"] == task]
@@ -402,7 +402,7 @@ def error_vs_cost(seeds: pd.DataFrame, out_stem: str | os.PathLike) -> list[Path
                 )
                 xs_all += [*x, mx]
             ax.set_xscale("log")
-            _plain_log_ticks(ax.xaxis, min(xs_all), max(xs_all))
+            plain_log_ticks(ax.xaxis, min(xs_all), max(xs_all))
             ax.set_title(task_title(task))
             metrics = set(panel["metric"])
             metric = metrics.pop() if len(metrics) == 1 else "error"

@@ -102,7 +102,7 @@ def method_colours(methods: Iterable[str]) -> dict[str, str]:
     return colours
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -161,7 +161,7 @@ def profile_curve(ratios: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return taus, rho
 
 
-def _plain_log_ticks(axis: Any, lo: float, hi: float) -> None:
+def plain_log_ticks(axis: Any, lo: float, hi: float) -> None:
     """Label a log axis with plain numbers (1, 2, 5, 10) instead of 2×10⁰; minor labels on short ranges."""
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")
     axis.set_major_formatter(plain)
@@ -178,7 +178,7 @@ def performance_profiles(
     tau_max = max(2.0, float(finite.max()) * 1.15) if finite.size else 2.0
     colours = method_colours(ratios.columns)
     with mpl.rc_context(STYLE):
-        fig = _new_figure(6.5, 4.0)
+        fig = new_figure(6.5, 4.0)
         ax = fig.add_subplot()
         for i, method in enumerate(ratios.columns):
             taus, rho = profile_curve(ratios[method])
@@ -193,7 +193,7 @@ def performance_profiles(
             )
         ax.set_xscale("log")
         ax.set_xlim(1.0, tau_max)
-        _plain_log_ticks(ax.xaxis, 1.0, tau_max)
+        plain_log_ticks(ax.xaxis, 1.0, tau_max)
         ax.set_ylim(-0.03, 1.03)
         ax.set_xlabel("τ (ratio to the best method on the task, log scale)")
         ax.set_ylabel(f"fraction of tasks with ratio ≤ τ (n = {len(ratios)})")
@@ -230,7 +230,7 @@ def load_histories(histories: Iterable[Mapping[str, Any] | str | os.PathLike]) -
     return out
 
 
-def _grid(n: int) -> tuple[int, int]:
+def panel_grid(n: int) -> tuple[int, int]:
     """Rows and columns of a panel grid: at most 3 columns, so 10 tasks fit a page at readable size."""
     cols = min(n, 3)
     return math.ceil(n / cols), cols
@@ -277,11 +277,11 @@ def learning_curves(
     tasks = task_order(by_task)
     methods = method_order({h["method"] for h in runs})
     colours = method_colours(methods)
-    rows, cols = _grid(len(tasks))
+    rows, cols = panel_grid(len(tasks))
     drawn: set[str] = set()
     any_val = False
     with mpl.rc_context(STYLE):
-        fig = _new_figure(3.1 * cols, 2.5 * rows + 0.4)
+        fig = new_figure(3.1 * cols, 2.5 * rows + 0.4)
         axes = fig.subplots(rows, cols, squeeze=False)
         for ax, task in zip(axes.flat, tasks, strict=False):
             task_runs = sorted(by_task[task], key=lambda h: (methods.index(h["method"]), int(h["seed"])))
@@ -312,7 +312,7 @@ def learning_curves(
                     drawn.add(h["method"])
             if losses and min(losses) > 0 and max(losses) / min(losses) > 20:
                 ax.set_yscale("log")
-                _plain_log_ticks(ax.yaxis, min(losses), max(losses))
+                plain_log_ticks(ax.yaxis, min(losses), max(losses))
             ax.set_title(task_title(task))
             ax.set_xlabel("epoch")
             ax.set_ylabel("train loss")
@@ -360,7 +360,7 @@ def parameter_counts(
     # Bars start at least half a decade below the smallest count, so the smallest bar stays visible.
     bottom = 10.0 ** math.floor(math.log10(positive.min()) - 0.5) if len(positive) else 1.0
     with mpl.rc_context(STYLE):
-        fig = _new_figure(min(14.0, max(6.0, 1.5 + 0.8 * len(tasks) * max(1.0, len(methods) / 4))), 4.0)
+        fig = new_figure(min(14.0, max(6.0, 1.5 + 0.8 * len(tasks) * max(1.0, len(methods) / 4))), 4.0)
         ax = fig.add_subplot()
         ax.set_yscale("log")
         for j, method in enumerate(methods):

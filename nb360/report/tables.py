@@ -383,7 +383,7 @@ def _to_csv(table: pd.DataFrame) -> str:
     return flat.reset_index().to_csv(index=False, lineterminator="\n")
 
 
-def _md_cell(text: str) -> str:
+def md_cell(text: str) -> str:
     return text.replace("|", r"\|")
 
 
@@ -391,11 +391,11 @@ def _to_markdown(table: pd.DataFrame, caption: str) -> str:
     header = ["Method", "Result"] + [
         f"{task_title(t)} · {metric_format(m).label} ↓" for t, m in table.columns
     ]
-    lines = [f"**Table.** {caption}", "", "| " + " | ".join(_md_cell(h) for h in header) + " |"]
+    lines = [f"**Table.** {caption}", "", "| " + " | ".join(md_cell(h) for h in header) + " |"]
     lines.append("| " + " | ".join([":---", ":---"] + ["---:"] * len(table.columns)) + " |")
     for (method, source), cells in table.iterrows():
         name = method_title(method) if source == "ours" else ""
-        lines.append("| " + " | ".join(_md_cell(c) for c in [name, source, *cells]) + " |")
+        lines.append("| " + " | ".join(md_cell(c) for c in [name, source, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
