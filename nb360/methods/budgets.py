@@ -26,3 +26,19 @@ def check_budget(name: str) -> str:
     if name not in BUDGETS:
         raise ValueError(f"unknown budget {name!r}; use one of {', '.join(BUDGETS)}")
     return name
+
+
+# Smoke searches validate on a fixed slice of val, the first ``max_eval_batches`` batches in storage order
+# (the same samples for every candidate, so comparisons stay fair): a full validation pass of an embedded
+# task can cost more than the training it judges (PSICOV: ~12 s for four 512 x 512 canvases on one core).
+SMOKE_VALIDATION = {"eval_batch_size": 64, "max_eval_batches": 2}
+SMOKE_VALIDATION_TASK = {
+    "darcy": {"eval_batch_size": 8},
+    "cosmic": {"eval_batch_size": 8},
+    "psicov": {"eval_batch_size": 1, "max_eval_batches": 1},
+}
+
+
+def smoke_validation(task: str) -> dict[str, int]:
+    """``TrainConfig`` fields of a smoke search's validation for ``task``."""
+    return {**SMOKE_VALIDATION, **SMOKE_VALIDATION_TASK.get(task, {})}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from nb360.methods.base import Method, RunContext, SearchResult, register_method
-from nb360.methods.budgets import check_budget
+from nb360.methods.budgets import check_budget, smoke_validation
 from nb360.models import create_model
 from nb360.runs import read_arch
 from nb360.search.bilevel import ArchStep, ArchUpdate
@@ -107,8 +107,9 @@ VARIANTS = {
 }
 
 
-def search_config(b: SearchBudget) -> TrainConfig:
-    return TrainConfig(
+def search_config(task: str, budget: str) -> TrainConfig:
+    b = search_budget(task, budget)
+    cfg = TrainConfig(
         epochs=b.epochs,
         lr=b.lr,
         batch_size=b.batch_size,
@@ -121,6 +122,7 @@ def search_config(b: SearchBudget) -> TrainConfig:
         eval_batch_size=4 * b.batch_size,  # evaluation needs no gradients: larger batches, fewer calls
         val_every=b.val_every,
     )
+    return cfg if check_budget(budget) == "paper" else replace(cfg, **smoke_validation(task))
 
 
 def genotype_summary(g: Genotype) -> str:
@@ -143,7 +145,7 @@ def search_supernet(ctx: RunContext, variant: Variant) -> SearchResult:
     result = fit(
         model,
         ctx.manifest,
-        search_config(b),
+        search_config(ctx.task.name, ctx.budget),
         "search",
         ctx.seed,
         ctx.device,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from nb360.methods.base import Method, RunContext, SearchResult, register_method
-from nb360.methods.budgets import check_budget
+from nb360.methods.budgets import check_budget, smoke_validation
 from nb360.models import create_model
 from nb360.models.densenas_net import arch_params
 from nb360.runs import read_arch
@@ -100,6 +100,8 @@ def search(ctx: RunContext) -> SearchResult:
         eval_batch_size=4 * b.search_batch,
         val_every=b.val_every,
     )
+    if check_budget(ctx.budget) == "smoke":
+        cfg = replace(cfg, **smoke_validation(ctx.task.name))
     arch_step = ArchStep(
         "adam",
         3e-4,
@@ -138,6 +140,8 @@ def search_random(ctx: RunContext) -> SearchResult:
         sample_arch(ctx.task, rng, max_params=cap, width_mult=b.width_mult) for _ in range(b.random_trials)
     ]
     cfg = _retrain_config(b, epochs=b.random_epochs)
+    if check_budget(ctx.budget) == "smoke":
+        cfg = replace(cfg, **smoke_validation(ctx.task.name))
     best, records = select_by_short_training(
         archs,
         lambda a: create_model("densenas_net", ctx.task, arch=a),

@@ -26,9 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zlib
 from dataclasses import asdict, replace
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from torch import nn
@@ -36,7 +38,7 @@ from torch import nn
 from nb360 import metrics
 from nb360.data.shards import read_manifest
 from nb360.methods.base import Method, RunContext, SearchResult, register_method
-from nb360.methods.budgets import Budget, check_budget
+from nb360.methods.budgets import Budget, check_budget, smoke_validation
 from nb360.methods.wrn import budget_for, train_config
 from nb360.models import create_model
 from nb360.runs import read_arch
@@ -69,19 +71,18 @@ PAPER_MAX_TRIALS = {
 }
 PAPER_MAX_LENGTH, PAPER_REDUCTION_FACTOR, MAX_RUNGS = 200, 4, 5
 # Smoke: 4 trials of at most 2 short epochs at the WRN smoke width, pruned after 1 epoch unless among the
-# best half. Each epoch evaluates the whole val split, which dominates where it is large (FSD50K, PSICOV's
-# 512 x 512 canvases), so the batches per epoch are set per task; measured on the embedded data with one
-# CPU thread: one task's whole search (all workers) takes about 10-30 s, more for those two.
+# best half; validation on a fixed slice of val (nb360.methods.budgets.smoke_validation); the batches per
+# epoch are set per task.
 SMOKE_ASHA = AshaConfig(max_trials=4, max_length=2, reduction_factor=2, max_rungs=MAX_RUNGS)
 SMOKE_TRIAL_BATCHES = {
     "cifar100": 10,
-    "spherical": 3,
+    "spherical": 2,
     "ninapro": 10,
-    "fsd50k": 3,
+    "fsd50k": 2,
     "darcy": 3,
     "psicov": 2,
-    "cosmic": 3,
-    "ecg": 6,
+    "cosmic": 2,
+    "ecg": 4,
     "satellite": 20,
     "deepsea": 10,
 }
@@ -154,6 +155,8 @@ def _objective(ctx: RunContext, config: AshaConfig, name: str, index: int) -> Ob
         seed_everything(ctx.seed)  # the same initialisation and data order for every configuration
         model = build_model(ctx.task, b, trial.params.get("dropout"))
         cfg = tuned_config(ctx.task.name, b, trial.params)
+        if check_budget(ctx.budget) == "smoke":
+            cfg = replace(cfg, **smoke_validation(ctx.task.name))
         # Per study and slot, so that the retry of a killed trial (same slot, same configuration)
         # resumes its checkpoint, and no other study's.
         ckpt = checkpoints / f"{name}-worker{index}-slot{slot}.pt"
@@ -177,7 +180,9 @@ def worker(ctx: RunContext, index: int) -> dict[str, Any]:
     name = study_name(ctx)
     study = open_study(ctx.workdir, name, config)
     objective = _objective(ctx, config, name, index)
-    trials = run_worker(study, ctx.workdir, index, search_space(ctx.task), objective, config, ctx.seed)
+    # The task is part of the sampler seed: each task draws its own configurations.
+    seed = int(np.random.SeedSequence([ctx.seed, zlib.crc32(ctx.task.name.encode())]).generate_state(1)[0])
+    trials = run_worker(study, ctx.workdir, index, search_space(ctx.task), objective, config, seed)
     return {
         "worker": index,
         "study": name,

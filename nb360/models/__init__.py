@@ -2,8 +2,10 @@
 built-in model: ``wrn`` (the benchmark's baseline for any task), ``wrn_point``, ``wrn_dense``, ``resnet1d``,
 ``trivial``, ``darts_eval`` (a searched DARTS cell network) and ``densenas_net`` (a DenseNAS architecture)."""
 
-from nb360.models import darts_eval  # noqa: F401 (registers "darts_eval")
-from nb360.models import densenas_net  # noqa: F401 (registers "densenas_net")
+from nb360.models import (
+    darts_eval,  # noqa: F401 (registers "darts_eval")
+    densenas_net,  # noqa: F401 (registers "densenas_net")
+)
 from nb360.models.registry import create_model, list_models, output_shape, register_model
 from nb360.models.resnet1d import ResNet1D
 from nb360.models.trivial import TrivialModel, fit_trivial

@@ -21,6 +21,7 @@ by the weight optimiser; its architecture parameters belong to the hooks.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -66,8 +67,11 @@ class TrainConfig:
     # Smoke budgets cap the batches of an epoch (None: whole epochs, as in the paper).
     max_batches_per_epoch: int | None = None
     eval_batch_size: int | None = None
-    # Search phase: validate every this many epochs (0: only at the end, e.g. a supernet in a smoke run).
+    # Search phase: validate every this many epochs (0: only at the end, e.g. a supernet in a smoke run),
+    # on the first max_eval_batches batches of val only if set (smoke budgets; the same batches for every
+    # candidate, so comparisons stay fair). The retrain phase's test report is always complete.
     val_every: int = 1
+    max_eval_batches: int | None = None
     num_workers: int = 0
 
 
@@ -228,10 +232,13 @@ def evaluate(
     fit_splits: tuple[str, ...],
     batch_size: int,
     accel: _Accelerator | None = None,
+    max_batches: int | None = None,
 ) -> dict[str, float]:
-    """The task's metrics (paper form, lower is better) of ``model`` on ``splits``."""
+    """The task's metrics (paper form, lower is better) of ``model`` on ``splits`` (on the first
+    ``max_batches`` batches only, in storage order, if given)."""
     loader = make_loader(manifest, splits, batch_size, train=False, fit_splits=fit_splits)
-    outputs = predict(model, spec, loader, manifest.get("normaliser", {}), fit_splits, accel)
+    batches = itertools.islice(loader, max_batches) if max_batches else loader
+    outputs = predict(model, spec, batches, manifest.get("normaliser", {}), fit_splits, accel)
     return metrics.score(spec.name, outputs)
 
 
@@ -327,6 +334,7 @@ def fit(
         "+".join(fit_splits), "+".join(eval_splits),
     )  # fmt: skip
     eval_bs = cfg.eval_batch_size or cfg.batch_size
+    eval_cap = cfg.max_eval_batches if phase == "search" else None
     for epoch in range(start, cfg.epochs):
         if stop_after_epochs is not None and epoch - start >= stop_after_epochs:
             return RunResult({}, history, params, phase, eval_splits, str(accel.device))
@@ -371,7 +379,7 @@ def fit(
             "val": None,
         }
         if phase == "search" and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
-            record["val"] = evaluate(model, spec, manifest, eval_splits, fit_splits, eval_bs, accel)
+            record["val"] = evaluate(model, spec, manifest, eval_splits, fit_splits, eval_bs, accel, eval_cap)
         for hook in hooks:
             hook.epoch_end(epoch, record)
         history.append(record)
@@ -395,7 +403,10 @@ def fit(
                     "hooks": [hook.state_dict() for hook in hooks],
                 },
             )
-    final = evaluate(model, spec, manifest, eval_splits, fit_splits, eval_bs, accel)
+    if phase == "search" and history and history[-1]["epoch"] == cfg.epochs and history[-1]["val"]:
+        final = history[-1]["val"]  # the last epoch's validation is the final one: no second pass
+    else:
+        final = evaluate(model, spec, manifest, eval_splits, fit_splits, eval_bs, accel, eval_cap)
     log.info("%s %s on %s: %s", spec.name, phase, "+".join(eval_splits), final)
     seconds = time.perf_counter() - t_start
     return RunResult(final, history, params, phase, eval_splits, str(accel.device), seconds)
