@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,16 +15,19 @@ from torch import nn
 from nb360.models import create_model
 from nb360.models.darts_eval import DartsEvalNetwork, darts_eval
 from nb360.search.darts_space import (
-    _CONV_OPS,
     NUM_EDGES,
     OPS,
     PRIMITIVES,
+    STEPS,
     Genotype,
     MixedOp,
     Supernet,
+    _edge_groups,
+    _edge_index,
     channel_shuffle,
     derive_cell,
     derive_genotype,
+    sample_genotype,
 )
 from nb360.tasks import get_task
 
@@ -74,8 +78,6 @@ def one_hot(name: str) -> torch.Tensor:
 
 def test_op_table_matches_primitives() -> None:
     assert list(OPS) == list(PRIMITIVES)
-    # The mixed edge relies on this layout: none, the three cheap ops, then the fused convolution bank.
-    assert [name for name, *_ in _CONV_OPS] == list(PRIMITIVES[4:])
 
 
 @pytest.mark.parametrize("dim", [1, 2])
@@ -96,24 +98,6 @@ def test_every_op_keeps_or_halves_the_shape(name: str, dim: int) -> None:
 def test_channel_shuffle_interleaves_groups() -> None:
     x = torch.arange(8.0).view(1, 8, 1)
     assert channel_shuffle(x, 4).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
-
-
-@pytest.mark.parametrize("dim", [1, 2])
-@pytest.mark.parametrize(("k", "stride"), [(1, 1), (1, 2), (4, 1), (4, 2)])
-def test_fused_edge_equals_the_per_op_loop(dim: int, k: int, stride: int) -> None:
-    torch.manual_seed(0)
-    fused = MixedOp(8, stride, dim, k=k, fused=True)
-    loop = copy.deepcopy(fused)
-    loop.fused = False
-    x = torch.randn(3, 8, *spatial(dim, 10))
-    w = torch.softmax(torch.randn(len(PRIMITIVES)), dim=0)
-    out_f, out_l = fused(x, w), loop(x, w)
-    assert out_f.shape == (3, 8, *spatial(dim, 10 // stride))
-    torch.testing.assert_close(out_f, out_l)
-    # The loop updates the same running statistics (through views) as the fused batch norms.
-    for (name, a), (_, b) in zip(fused.named_buffers(), loop.named_buffers(), strict=True):
-        torch.testing.assert_close(a, b, msg=name)
-    assert fused.convs.bn1.running_mean.abs().sum() > 0
 
 
 def test_edge_weights_select_ops_and_pc_darts_bypasses_channels() -> None:
@@ -157,6 +141,69 @@ def test_supernet_output_shapes_and_gradients(task: str, size: int, k: int) -> N
         assert p.grad is not None and p.grad.abs().sum() > 0
     assert all(p.grad is not None for p in weights)
     assert sum(float(p.grad.abs().sum()) for p in weights) > 0
+
+
+def test_edge_groups_cover_every_edge_once() -> None:
+    edges = [_edge_index(s, t) for sources, nodes in _edge_groups() for s in sources for t in nodes]
+    assert sorted(edges) == list(range(NUM_EDGES))
+    # Edge order within a node is by input, nodes one after another, as in DARTS' cell loop.
+    assert [_edge_index(s, t) for t in range(STEPS) for s in range(2 + t)] == list(range(NUM_EDGES))
+    # A group may only read states that exist once the previous groups have run.
+    for g, (sources, nodes) in enumerate(_edge_groups()):
+        assert max(sources) <= 1 + g and min(nodes) == g
+
+
+def _pair(task: str, k: int, layers: int, arch_norm: str = "softmax") -> tuple[Supernet, Supernet]:
+    """A batched supernet and the loop on the same parameters, in float64 so that the only difference
+    left (the order of floating-point sums) is far below the tolerance."""
+    torch.manual_seed(0)
+    spec = get_task(task)
+    batched = Supernet(spec, C=8, layers=layers, k=k, arch_norm=arch_norm).double()
+    with torch.no_grad():  # architecture weights far from uniform, so that a mixed-up edge or op shows
+        for p in batched.arch_parameters():
+            p.copy_(torch.rand_like(p) if arch_norm == "simplex" else 2 * torch.randn_like(p))
+    loop = Supernet(spec, C=8, layers=layers, k=k, arch_norm=arch_norm, impl="loop").double()
+    loop.load_state_dict(batched.state_dict())
+    return batched, loop
+
+
+@pytest.mark.parametrize(
+    ("task", "size", "k", "layers"),
+    [
+        ("cifar100", 9, 4, 3),  # normal, reduction (odd size), reduction after a reduction
+        ("cifar100", 8, 1, 3),  # plain DARTS edges
+        ("ecg", 21, 4, 3),  # 1D
+        ("ecg", 16, 1, 3),
+        ("darcy", 7, 4, 2),  # dense: normal cells only, per-pixel output
+    ],
+)
+def test_batched_supernet_equals_the_loop(task: str, size: int, k: int, layers: int) -> None:
+    batched, loop = _pair(task, k, layers, "simplex" if k == 1 else "softmax")
+    assert batched.state_dict().keys() == loop.state_dict().keys()
+    assert any(cell.reduction for cell in batched.cells) == (task != "darcy")
+    x = sample_input(task, size, batch=3).double()
+    out_b, out_l = batched(x), loop(x)
+    torch.testing.assert_close(out_b, out_l)
+    out_b.sin().sum().backward()
+    out_l.sin().sum().backward()
+    grads_l = {name: p.grad for name, p in loop.named_parameters()}
+    for name, p in batched.named_parameters():
+        assert p.grad is not None, name
+        torch.testing.assert_close(p.grad, grads_l[name], msg=name)
+    for p in batched.arch_parameters():  # compared above, and not trivially zero
+        assert p.grad.abs().sum() > 0
+    # Running statistics and batch counts: the same after the training-mode pass.
+    state_l = loop.state_dict()
+    for name, value in batched.state_dict().items():
+        torch.testing.assert_close(value, state_l[name], msg=name)
+    batched.eval()
+    loop.eval()
+    torch.testing.assert_close(batched(x), loop(x))
+
+
+def test_batched_cell_rejects_an_unknown_implementation() -> None:
+    with pytest.raises(ValueError, match="impl must be one of"):
+        Supernet(get_task("ecg"), C=4, layers=1, k=4, impl="fused")  # type: ignore[arg-type]
 
 
 def test_supernet_reduction_cells_and_simplex_weights() -> None:
@@ -229,6 +276,27 @@ def test_supernet_genotype_and_json_round_trip(tmp_path: Path) -> None:
         Genotype(normal=[("skip_connect", 2)] * 8, normal_concat=[2, 3, 4, 5])
     with pytest.raises(KeyError, match="unknown DARTS operation"):
         Genotype(normal=[("conv_7x7", 0)] * 8, normal_concat=[2, 3, 4, 5])
+
+
+@pytest.mark.parametrize(("dim", "dense"), [(2, False), (1, False), (2, True)])
+def test_sample_genotype_is_a_valid_random_architecture(dim: int, dense: bool) -> None:
+    genotypes = [sample_genotype(np.random.default_rng(seed), dim=dim, dense=dense) for seed in range(300)]
+    ops, inputs = Counter(), Counter()
+    for g in genotypes:
+        assert (g.dim, g.dense) == (dim, dense)
+        assert Genotype.from_json(g.to_json()) == g  # valid: the constructor checks ops and inputs
+        assert (g.reduce == []) == dense and (g.reduce_concat == []) == dense
+        for cell in [g.normal] + ([] if dense else [g.reduce]):
+            for node in range(STEPS):
+                (op_a, a), (op_b, b) = cell[2 * node : 2 * node + 2]
+                assert 0 <= a < b < 2 + node  # two distinct inputs of the node
+                ops.update([op_a, op_b])
+                inputs[(node, a, b)] += 1
+    assert set(ops) == set(PRIMITIVES) - {"none"}
+    assert len(inputs) == sum((2 + i) * (1 + i) // 2 for i in range(STEPS))  # every pair of every node
+    # Deterministic for a seed, different across seeds.
+    assert sample_genotype(np.random.default_rng(7), dim=dim, dense=dense) == genotypes[7]
+    assert len({g.to_json() for g in genotypes}) == len(genotypes)
 
 
 # ---------------------------------------------------------------------------------------------- darts_eval

@@ -152,8 +152,10 @@ def test_killed_retrain_job_resumes_from_its_checkpoint(tmp_path):
 
 @pytest.mark.integration
 def test_default_dag_on_three_tasks_writes_scores_tables_figures_and_report(tmp_path):
+    """Every default method (searches included) on a point 2D, a dense 2D and a 1D task, end to end."""
     wd = _workdir(tmp_path)
     _config(wd, tasks=["ninapro", "darcy", "satellite"])
+    methods = yaml.safe_load((wd / "config.yaml").read_text())["methods"]
     proc = _snakemake(wd, "--cores", "2")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     scores = pd.read_csv(wd / "results/tables/scores.csv")
@@ -166,7 +168,7 @@ def test_default_dag_on_three_tasks_writes_scores_tables_figures_and_report(tmp_
         "lower_is_better",
         "data_source",
     ]
-    assert set(scores.task) == {"ninapro", "darcy", "satellite"} and set(scores.method) == {"trivial", "wrn"}
+    assert set(scores.task) == {"ninapro", "darcy", "satellite"} and set(scores.method) == set(methods)
     assert np.isfinite(scores.value).all() and (scores.data_source == "embedded").all()
     best = scores.pivot_table(index="task", columns="method", values="value")
     assert (best["wrn"] < best["trivial"]).all(), best
@@ -175,6 +177,44 @@ def test_default_dag_on_three_tasks_writes_scores_tables_figures_and_report(tmp_
     for name in ("performance_profiles", "learning_curves", "parameter_counts"):
         assert (wd / f"results/figures/{name}.png").stat().st_size > 0
         assert (wd / f"results/figures/{name}.pdf").stat().st_size > 0
+    _check_searched_architectures_were_retrained(wd, ["ninapro", "darcy", "satellite"], methods)
     report = _snakemake(wd, "--report", "results/report.html")
     assert report.returncode == 0, (report.stdout + report.stderr)[-3000:]
-    assert (wd / "results/report.html").stat().st_size > 10_000
+    html = (wd / "results/report.html").read_text()
+    assert len(html) > 10_000 and "arch.json" in html
+
+
+def _check_searched_architectures_were_retrained(wd: Path, tasks: list[str], methods: list[str]) -> None:
+    """Each search method's arch.json exists, and the retrained network is the one it describes."""
+    from nb360.methods import get_method
+    from nb360.methods.darts import eval_budget
+    from nb360.models import create_model
+    from nb360.runs import read_arch
+    from nb360.search.darts_space import Genotype
+    from nb360.search.densenas_space import DenseArch
+    from nb360.train import count_params
+
+    searched = [m for m in methods if get_method(m).searches]
+    assert {"gaea", "random_search", "densenas", "densenas_random", "wrn_asha"} <= set(searched)
+    for task in tasks:
+        spec = get_task(task)
+        for method in searched:
+            body = read_arch(wd / f"results/search/{task}/{method}/seed0/arch.json")
+            assert body["task"] == task and body["method"] == method and body["summary"]
+            run_dir = wd / f"results/runs/{task}/{method}/seed0"
+            params = json.loads((run_dir / "scores.json").read_text())["params"]
+            arch = body["arch"]
+            if body["kind"] == "darts_genotype":
+                b = eval_budget(task, "smoke")
+                genotype = Genotype.from_json(json.dumps(arch))
+                model = create_model(
+                    "darts_eval", spec, genotype=genotype, layers=b.layers, channels=b.channels
+                )
+                assert count_params(model) == params, (task, method)
+            elif body["kind"] == "densenas_arch":
+                model = create_model("densenas_net", spec, arch=DenseArch.from_dict(arch))
+                assert count_params(model) == params, (task, method)
+            else:  # WRN hyperparameters: the retraining started at the searched learning rate
+                assert body["kind"] == "wrn_hparams"
+                history = json.loads((run_dir / "history.json").read_text())
+                assert history["epochs"][0]["lr"] == pytest.approx(arch["lr"]), task

@@ -11,21 +11,24 @@
   1x1 head); PC-DARTS edge-normalisation weights (betas).
 * :class:`Genotype` and :func:`derive_genotype`: the discrete cell DARTS reads off the architecture weights.
 
-Speed (the supernet is launch/overhead bound at these sizes, on CPU as on a GPU): the ``none`` operation is
-never computed (its output is zero whatever its weight), the four convolutions of an edge share one ReLU,
-run their pointwise convolutions as one grouped convolution and their batch norms as one, and the edge's
-weighted sum is one broadcasted product. ``MixedOp(fused=False)`` runs the same parameters op by op (the
-straightforward loop), so a benchmark can compare both on identical weights.
+Two implementations of the same supernet, on the same parameters (``Supernet(impl=...)``): ``"loop"``, edge
+by edge and op by op as DARTS / PC-DARTS publish it (:class:`MixedOp`), and ``"batched"`` (the default,
+about twice as fast on CPU, ``benchmarks/supernet_step.py``), which runs every group of edges that read the
+same state as one set of kernels (:class:`SearchCell`). :func:`sample_genotype` draws random architectures
+of the space (random search).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,8 +51,9 @@ PRIMITIVES: tuple[str, ...] = (
 STEPS = 4  # intermediate nodes per cell
 NUM_EDGES = sum(2 + i for i in range(STEPS))  # 14: node i has 2 + i inputs
 ArchNorm = Literal["softmax", "simplex"]
+Impl = Literal["batched", "loop"]
+_IMPLS = ("batched", "loop")
 
-_F_CONV: dict[int, Callable[..., torch.Tensor]] = {1: F.conv1d, 2: F.conv2d}
 _F_MAX_POOL: dict[int, Callable[..., torch.Tensor]] = {1: F.max_pool1d, 2: F.max_pool2d}
 
 
@@ -168,108 +172,7 @@ OPS: dict[str, OpFactory] = {
     "dil_conv_5": lambda c, stride, dim, affine: DilConv(c, c, 5, stride, 2, dim, affine),
 }
 
-# The convolution ops of the fused bank, in PRIMITIVES order: (name, kernel, dilation, stacked blocks). The
-# two-block ops come first, so the second stage works on one contiguous channel range.
-_CONV_OPS: tuple[tuple[str, int, int, int], ...] = (
-    ("sep_conv_3", 3, 1, 2),
-    ("sep_conv_5", 5, 1, 2),
-    ("dil_conv_3", 3, 2, 1),
-    ("dil_conv_5", 5, 2, 1),
-)
-
-
 # ----------------------------------------------------------------------------------------- mixed edge
-
-
-class _ConvBank(nn.Module):
-    """The four convolution ops of one edge with their parameters laid out for batching.
-
-    Stage 1 (all four ops): depthwise weights per op, one ``(4C, C, 1...)`` pointwise weight applied as a
-    4-group convolution, one batch norm over ``4C`` channels (per-channel, so identical to four separate
-    ones). Stage 2 (the two sep convs): likewise with 2 groups. :meth:`forward` returns ``(B, 4C, *S)`` (op
-    blocks one after another); :meth:`forward_loop` a list, computing each op on its own from the same
-    parameters (and the same running statistics, through views).
-    Both return the ops in ``_CONV_OPS`` order, which is :data:`PRIMITIVES` order.
-    """
-
-    def __init__(self, c: int, stride: int, dim: int, affine: bool) -> None:
-        super().__init__()
-        self.c, self.stride, self.dim = c, stride, dim
-        n1 = len(_CONV_OPS)
-        n2 = sum(blocks == 2 for *_, blocks in _CONV_OPS)
-        self.dw1 = nn.ParameterList(
-            conv(dim, c, c, k, dilation=d, groups=c).weight for _, k, d, _ in _CONV_OPS
-        )
-        self.pw1 = nn.Parameter(conv(dim, c, n1 * c, 1).weight)
-        self.bn1 = batch_norm(dim, n1 * c, affine=affine)
-        self.dw2 = nn.ParameterList(conv(dim, c, c, k, groups=c).weight for _, k, _, b in _CONV_OPS if b == 2)
-        self.pw2 = nn.Parameter(conv(dim, c, n2 * c, 1).weight)
-        self.bn2 = batch_norm(dim, n2 * c, affine=affine)
-        self.n1, self.n2 = n1, n2
-
-    def _depthwise(self, x: torch.Tensor, weight: torch.Tensor, k: int, d: int, stride: int) -> torch.Tensor:
-        return _F_CONV[self.dim](
-            x, weight, stride=stride, padding=d * (k - 1) // 2, dilation=d, groups=self.c
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv_fn = _F_CONV[self.dim]
-        r = F.relu(x)
-        d = torch.cat(
-            [
-                self._depthwise(r, w, k, dil, self.stride)
-                for w, (_, k, dil, _) in zip(self.dw1, _CONV_OPS, strict=True)
-            ],
-            dim=1,
-        )
-        p = self.bn1(conv_fn(d, self.pw1, groups=self.n1))
-        sep_c = self.n2 * self.c
-        r2 = F.relu(p[:, :sep_c])
-        second = [(k, dil) for _, k, dil, blocks in _CONV_OPS if blocks == 2]
-        d2 = torch.cat(
-            [
-                self._depthwise(r2[:, i * self.c : (i + 1) * self.c], w, k, dil, 1)
-                for i, (w, (k, dil)) in enumerate(zip(self.dw2, second, strict=True))
-            ],
-            dim=1,
-        )
-        out2 = self.bn2(conv_fn(d2, self.pw2, groups=self.n2))
-        return torch.cat([out2, p[:, sep_c:]], dim=1)
-
-    def _bn_slice(self, x: torch.Tensor, bn: nn.Module, i: int) -> torch.Tensor:
-        part = slice(i * self.c, (i + 1) * self.c)
-
-        def sliced(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[part]
-
-        # Views of the shared running statistics: F.batch_norm updates them in place, as the fused path does.
-        return F.batch_norm(
-            x,
-            sliced(bn.running_mean),
-            sliced(bn.running_var),
-            sliced(bn.weight),
-            sliced(bn.bias),
-            self.training,
-            bn.momentum,
-            bn.eps,
-        )
-
-    def forward_loop(self, x: torch.Tensor) -> list[torch.Tensor]:
-        conv_fn = _F_CONV[self.dim]
-        outs, j = [], 0
-        for i, (_, k, dil, blocks) in enumerate(_CONV_OPS):
-            y = self._depthwise(F.relu(x), self.dw1[i], k, dil, self.stride)
-            y = self._bn_slice(conv_fn(y, self.pw1[i * self.c : (i + 1) * self.c]), self.bn1, i)
-            if blocks == 2:
-                y = self._depthwise(F.relu(y), self.dw2[j], k, dil, 1)
-                y = self._bn_slice(conv_fn(y, self.pw2[j * self.c : (j + 1) * self.c]), self.bn2, j)
-                j += 1
-            outs.append(y)
-        if self.training:  # one batch seen by each batch norm, as in the fused path
-            for bn in (self.bn1, self.bn2):
-                if bn.num_batches_tracked is not None:
-                    bn.num_batches_tracked.add_(1)
-        return outs
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -278,41 +181,30 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(b, groups, c // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
 
 
+def _search_op(name: str, c: int, stride: int, dim: int) -> nn.Module:
+    """A supernet operation: no affine batch-norm parameters, pooling followed by a batch norm (DARTS)."""
+    op = OPS[name](c, stride, dim, False)
+    return nn.Sequential(op, batch_norm(dim, c, affine=False)) if "pool" in name else op
+
+
 class MixedOp(nn.Module):
     """One supernet edge: ``sum_o w[o] * op_o(x)`` over :data:`PRIMITIVES`, with PC-DARTS partial channels.
 
     With ``k > 1`` only the first ``C / k`` channels go through the operations; the others bypass them
     (max-pooled 2x2, ceil mode, on a reduction edge) and the result is channel-shuffled with ``k`` groups.
-    Search-time batch norms have no affine parameters and pooling ops are followed by one, as in DARTS.
-    ``fused=False`` runs the straightforward per-op loop on the same parameters.
+    :meth:`forward` is the straightforward per-op loop of DARTS / PC-DARTS (``none`` included); the batched
+    cell (:class:`SearchCell`) reads the same ``ops`` parameters.
     """
 
-    def __init__(self, c: int, stride: int, dim: int, k: int = 4, fused: bool = True) -> None:
+    def __init__(self, c: int, stride: int, dim: int, k: int = 4) -> None:
         super().__init__()
         if c % k:
             raise ValueError(f"channels {c} are not divisible by the partial-channel factor k={k}")
-        self.k, self.stride, self.dim, self.fused = k, stride, check_dim(dim), fused
-        cp = c // k
-        self.max_pool = nn.Sequential(
-            OPS["max_pool_3"](cp, stride, dim, False), batch_norm(dim, cp, affine=False)
-        )
-        self.avg_pool = nn.Sequential(
-            OPS["avg_pool_3"](cp, stride, dim, False), batch_norm(dim, cp, affine=False)
-        )
-        self.skip = OPS["skip_connect"](cp, stride, dim, False)
-        self.convs = _ConvBank(cp, stride, dim, affine=False)
+        self.k, self.stride, self.dim = k, stride, check_dim(dim)
+        self.ops = nn.ModuleList(_search_op(name, c // k, stride, dim) for name in PRIMITIVES)
 
     def _mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # weights[0] (none) is never used: its op contributes zeros.
-        cheap = [self.max_pool(x), self.avg_pool(x), self.skip(x)]
-        if self.fused:
-            bank = self.convs(x)
-            b, c = cheap[0].shape[:2]
-            bank = bank.view(b, self.convs.n1, c, *bank.shape[2:])
-            everything = torch.cat([torch.stack(cheap, dim=1), bank], dim=1)
-            return (everything * weights[1:].view(1, -1, *([1] * (bank.dim() - 2)))).sum(dim=1)
-        outs = cheap + self.convs.forward_loop(x)
-        return sum(w * o for w, o in zip(weights[1:], outs, strict=True))  # type: ignore[return-value]
+        return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.k == 1:
@@ -322,6 +214,165 @@ class MixedOp(nn.Module):
         if self.stride != 1:
             bypass = _F_MAX_POOL[self.dim](bypass, 2, 2, ceil_mode=True)
         return channel_shuffle(torch.cat([self._mix(through, weights), bypass], dim=1), self.k)
+
+
+# ------------------------------------------------------------------------------------- batched cell
+#
+# The batched cell runs on "lifted" tensors: 4D and channels-last in memory, a 1D task's (B, C, L) seen as
+# (B, C, 1, L) with 1-by-k kernels, so one code path serves both and every kernel gets the memory layout
+# that CPU convolutions and pools are fastest in. Channel reshuffles are done on the (B, *S, C) view.
+
+_MAX, _AVG, _SKIP = (PRIMITIVES.index(n) for n in ("max_pool_3", "avg_pool_3", "skip_connect"))
+_SEP = tuple(i for i, n in enumerate(PRIMITIVES) if n.startswith("sep_conv"))  # two blocks each
+_DIL = tuple(i for i, n in enumerate(PRIMITIVES) if n.startswith("dil_conv"))  # one block each
+_CONV = _SEP + _DIL  # the order of the batched convolution stages, whose weights are one slice of a row
+_CONV_WEIGHTS = slice(_CONV[0], _CONV[-1] + 1)
+assert tuple(range(len(PRIMITIVES)))[_CONV_WEIGHTS] == _CONV
+
+
+def _lift(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, L)`` -> ``(B, C, 1, L)``, channels-last (a view when ``x`` came out of a batched cell)."""
+    return (x.unsqueeze(2) if x.dim() == 3 else x).contiguous(memory_format=torch.channels_last)
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.movedim(1, -1)
+
+
+def _nchw(x: torch.Tensor) -> torch.Tensor:
+    return x.movedim(-1, 1)
+
+
+def _lifted(values: tuple[int, ...] | int, fill: int, dim: int = 2) -> tuple[int, int]:
+    """A 1D or 2D kernel/stride/padding/dilation as the lifted 2D pair (``fill`` on the added axis)."""
+    values = (values,) * dim if isinstance(values, int) else tuple(values)
+    return (fill,) * (2 - len(values)) + values  # type: ignore[return-value]
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, like: nn.Module, groups: int) -> torch.Tensor:
+    """The convolution ``like`` (stride, padding, dilation) with another weight and group count.
+
+    A dilated convolution with stride ``s`` equal to its dilation (a reduction edge's dil conv) reads only
+    every ``s``-th input position, so it is the undilated, unstrided convolution of the subsampled input
+    (padding ``p / s``): the same products and sums, and CPU kernels are several times faster at it."""
+    stride, padding = _lifted(like.stride, 1), _lifted(like.padding, 0)
+    dilation = _lifted(like.dilation, 1)
+    if stride == dilation != (1, 1) and all(p % s == 0 for p, s in zip(padding, stride, strict=True)):
+        x = x[..., :: stride[0], :: stride[1]]
+        padding = tuple(p // s for p, s in zip(padding, stride, strict=True))  # type: ignore[assignment]
+        stride = dilation = (1, 1)
+    weight = weight if weight.dim() == 4 else weight.unsqueeze(2)
+    if groups > 1 and weight.shape[-2:] == (1, 1) and stride == dilation == (1, 1) and x.device.type == "cpu":
+        # A 1x1 kernel ignores its dilation. Asking for 2 steers PyTorch's CPU dispatch to oneDNN, which it
+        # skips for 1x1 kernels at batch < 16 on one thread, falling back to a loop over the groups there
+        # (5x slower for the grouped pointwise convolutions at a dense task's batch of 4).
+        dilation = (2, 2)
+    return F.conv2d(x, weight, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def _batch_norm(
+    x: torch.Tensor, blocks: Sequence[Sequence[nn.Module]], scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One batch norm over channel blocks, block ``i`` being the batch norms ``blocks[i]``; ``scale``, one
+    factor per block, multiplies the result (as an affine weight, so it costs no extra pass).
+
+    Batch norm is per channel, so this equals running each module on its block. The modules of one block
+    all see the same input (a pooling op shared by the edges that read one state): the statistics come from
+    the first and are written to all. They are identical in the per-op loop too, which feeds those modules
+    identical inputs, so evaluation mode (running statistics of the first) gives the loop's result as well.
+    """
+    first = [group[0] for group in blocks]
+    bn = first[0]
+    if bn.affine:  # only the stem's batch norm is affine, and it never comes here
+        raise ValueError("the batched cell expects non-affine batch norms")
+    sizes = [m.num_features for m in first]
+    weight = None if scale is None else scale.repeat_interleave(sizes[0])
+    mean = torch.cat([m.running_mean for m in first])
+    var = torch.cat([m.running_var for m in first])
+    out = F.batch_norm(x, mean, var, weight, None, bn.training, bn.momentum, bn.eps)
+    if bn.training:  # F.batch_norm updated the concatenated statistics: hand them back to the modules
+        with torch.no_grad():
+            everyone = [m for group in blocks for m in group]
+            copies = [len(group) for group in blocks]
+            means = [t for t, n in zip(mean.split(sizes), copies, strict=True) for _ in range(n)]
+            variances = [t for t, n in zip(var.split(sizes), copies, strict=True) for _ in range(n)]
+            torch._foreach_copy_([m.running_mean for m in everyone], means)
+            torch._foreach_copy_([m.running_var for m in everyone], variances)
+            torch._foreach_add_([m.num_batches_tracked for m in everyone], 1)
+    return out
+
+
+def _relu_conv_bn(module: ReLUConvBN, x: torch.Tensor) -> torch.Tensor:
+    _, conv_, bn = module.op
+    return _batch_norm(_conv(F.relu(x), conv_.weight, conv_, 1), [[bn]])
+
+
+def _preprocess_batched(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A cell's input preprocessing on a lifted tensor."""
+    if isinstance(module, FactorizedReduce):
+        return _factorized_reduce(x, [[module]])
+    return _relu_conv_bn(module, x)
+
+
+def _factorized_reduce(
+    x: torch.Tensor, modules: Sequence[Sequence[FactorizedReduce]], scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Many :class:`FactorizedReduce` at once: ``x`` holds one channel block per row of ``modules``, the
+    modules of a row all read that block. Output: the modules' outputs one after another, module ``j``'s
+    times ``scale[j]``."""
+    flat = [m for row in modules for m in row]
+    dim = flat[0].dim
+    x = F.relu(x)
+    shifted = F.pad(x[(..., *([slice(1, None)] * dim))], (0, 1) * dim)
+
+    def half(inp: torch.Tensor, name: str) -> torch.Tensor:
+        convs = [getattr(m, name) for m in flat]
+        return _nhwc(_conv(inp, torch.cat([cv.weight for cv in convs]), convs[0], len(modules)))
+
+    halves = [half(x, "conv_1"), half(shifted, "conv_2")]
+    # Module j's output is its conv_1 half then its conv_2 half.
+    y = torch.stack([h.unflatten(-1, (len(flat), -1)) for h in halves], dim=-2).flatten(-3)
+    return _batch_norm(_nchw(y), [[m.bn] for m in flat], scale)
+
+
+def _blocks(op: nn.Module) -> list[DilConv]:
+    """The ReLU-depthwise-pointwise-BN blocks of a convolution op (two for a sep conv)."""
+    return list(op.op) if isinstance(op, SepConv) else [op]
+
+
+def _conv_stage(
+    inputs: Sequence[torch.Tensor], blocks: Sequence[Sequence[DilConv]], scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One block of one or more convolution ops on several edges: ``blocks[o][e]`` is op ``o``'s block on
+    edge ``e``, ``inputs[o]`` its input on all edges (``E`` channel blocks, the ReLU already applied),
+    ``scale`` ``(O, E)`` factors for the outputs. The depthwise convolutions run per op (kernels differ),
+    the pointwise ones as one grouped convolution, the batch norms as one. Output channels: op-major."""
+    depthwise = [
+        _conv(x, torch.cat([b.op[1].weight for b in row]), row[0].op[1], x.shape[1])
+        for x, row in zip(inputs, blocks, strict=True)
+    ]
+    flat = [b for row in blocks for b in row]
+    d = depthwise[0] if len(depthwise) == 1 else torch.cat(depthwise, dim=1)
+    out = _conv(d, torch.cat([b.op[2].weight for b in flat]), flat[0].op[2], len(flat))
+    return _batch_norm(out, [[b.op[3]] for b in flat], None if scale is None else scale.flatten())
+
+
+def _total(terms: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The sum of tensors, without the extra pass of Python's ``sum`` (which starts from 0)."""
+    return functools.reduce(operator.add, terms)
+
+
+def _edge_index(source: int, node: int) -> int:
+    """Index among the 14 edges of the edge from state ``source`` (0, 1: cell inputs) into ``node``."""
+    return sum(2 + i for i in range(node)) + source
+
+
+def _edge_groups() -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(sources, nodes): the edges that read the same states and can run together as soon as those exist:
+    the two cell inputs into every node, then each node into the later ones."""
+    groups = [((0, 1), tuple(range(STEPS)))]
+    groups += [((2 + i,), tuple(range(i + 1, STEPS))) for i in range(STEPS - 1)]
+    return groups
 
 
 # ------------------------------------------------------------------------------------------- cells
@@ -335,7 +386,18 @@ def _preprocess(c_in: int, c_out: int, dim: int, reduce: bool, affine: bool) -> 
 
 class SearchCell(nn.Module):
     """A supernet cell: 4 nodes, node ``i`` the beta-weighted sum of mixed edges from the two cell inputs and
-    nodes ``< i``; output the concatenation of the 4 nodes (``4C`` channels)."""
+    nodes ``< i``; output the concatenation of the 4 nodes (``4C`` channels).
+
+    ``impl="loop"`` runs edge by edge and op by op (DARTS / PC-DARTS as published). ``impl="batched"``
+    computes the same function from the same parameters, the edges that read the same states together (the
+    two cell inputs into all 4 nodes, then each node into the later ones: 4 groups): the pooling ops, the
+    identity skip and the PC-DARTS bypass once per state (on identical inputs they are identical on every
+    edge), the convolution ops of all the group's edges stacked along channels (depthwise kernels
+    concatenated, pointwise convolutions as one grouped convolution, batch norms as one, the weights
+    ``beta_e * alpha_eo`` applied as that batch norm's scale), summed into each node at once. Everything
+    runs on channels-last memory, 1D tasks as ``(B, C, 1, L)``. The only numerical difference to the loop
+    is the order of floating-point sums.
+    """
 
     def __init__(
         self,
@@ -347,21 +409,28 @@ class SearchCell(nn.Module):
         reduction_prev: bool,
         dim: int,
         k: int,
-        fused: bool,
+        impl: Impl = "batched",
     ) -> None:
         super().__init__()
-        self.reduction = reduction
+        if impl not in _IMPLS:
+            raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
+        self.reduction, self.dim, self.k, self.impl = reduction, check_dim(dim), k, impl
         self.preprocess0 = _preprocess(c_pp, c, dim, reduction_prev, affine=False)
         self.preprocess1 = _preprocess(c_p, c, dim, False, affine=False)
         self.edges = nn.ModuleList(
-            MixedOp(c, 2 if reduction and j < 2 else 1, dim, k, fused)
-            for i in range(STEPS)
-            for j in range(2 + i)
+            MixedOp(c, 2 if reduction and j < 2 else 1, dim, k) for i in range(STEPS) for j in range(2 + i)
         )
+        # The edges in the batched path's order (group after group, source-major), as a tensor that moves
+        # with the module: one gather per cell instead of an index built on the host per group.
+        order = [_edge_index(s, t) for sources, nodes in _edge_groups() for s in sources for t in nodes]
+        self.register_buffer("batched_order", torch.tensor(order), persistent=False)
 
     def forward(
         self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, edge_weights: torch.Tensor
     ) -> torch.Tensor:
+        if self.impl == "batched":
+            out = self._forward_batched(s0, s1, weights, edge_weights)
+            return out.squeeze(2) if self.dim == 1 else out
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for i in range(STEPS):
@@ -373,6 +442,103 @@ class SearchCell(nn.Module):
             offset += n
             states.append(node)  # type: ignore[arg-type]
         return torch.cat(states[2:], dim=1)
+
+    def _forward_batched(
+        self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, edge_weights: torch.Tensor
+    ) -> torch.Tensor:
+        states = [
+            _preprocess_batched(self.preprocess0, _lift(s0)),
+            _preprocess_batched(self.preprocess1, _lift(s1)),
+        ]
+        # The loop weighs op o of edge e by w[e, o], then the edge by beta[e]: one factor per (edge, op).
+        betas = edge_weights.index_select(0, self.batched_order)
+        coef = betas[:, None] * weights.index_select(0, self.batched_order)
+        through: list[list[torch.Tensor]] = [[] for _ in range(STEPS)]  # per node: (B, *S, c) parts
+        bypass: list[list[torch.Tensor]] = [[] for _ in range(STEPS)]
+        start = 0
+        for sources, nodes in _edge_groups():
+            xs, end = [states[s] for s in sources], start + len(sources) * len(nodes)
+            parts, bypass_parts = self._group(xs, sources, nodes, coef[start:end].T, betas[start:end])
+            start = end
+            for node, part in zip(nodes, parts.unbind(-2), strict=True):
+                through[node].append(part)
+            if bypass_parts is not None:
+                for node, part in zip(nodes, bypass_parts.unbind(-2), strict=True):
+                    bypass[node].append(part)
+            # This group completed node nodes[0], which the next group reads.
+            node = nodes[0]
+            mixed = _total(through[node])
+            if self.k > 1:  # PC-DARTS: concatenate with the bypass and shuffle, in one copy
+                rest = _total(bypass[node]).unflatten(-1, (self.k - 1, -1)).unbind(-2)
+                mixed = torch.stack([mixed, *rest], dim=-1).flatten(-2)
+            states.append(_nchw(mixed))
+        return torch.cat(states[2:], dim=1)
+
+    def _group(
+        self,
+        xs: list[torch.Tensor],
+        sources: tuple[int, ...],
+        nodes: tuple[int, ...],
+        w: torch.Tensor,
+        betas: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The edges from ``sources`` into ``nodes``, together: each node's share of the weighted sum over
+        those edges' ops, ``(B, *S, len(nodes), c)``, and of the bypassed channels (``None`` for k = 1).
+        ``w[o, e]``: ``beta_e * alpha_eo``, ``betas[e]``: ``beta_e``, edges ``e`` source-major."""
+        n_s, n_t = len(sources), len(nodes)
+        edges = [[self.edges[_edge_index(s, t)] for t in nodes] for s in sources]
+        flat = [e for row in edges for e in row]
+        stride = flat[0].stride
+        # Splits, not slices: their backward concatenates gradients instead of zero-filling a full copy.
+        c = xs[0].shape[1] // self.k
+        halves = [x.split([c, x.shape[1] - c], dim=1) for x in xs]
+        x = torch.cat([h[0] for h in halves], dim=1).contiguous(memory_format=torch.channels_last)
+
+        def per_source(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+            # features (B, *S, n_s, c), the same on every edge from a source; weight (n_s, n_t)
+            return torch.einsum("...sc,st->...tc", features, weight)
+
+        def per_edge(features: torch.Tensor) -> torch.Tensor:
+            # features (B, *S, p * E * c), already weighted -> sum over ops and sources, (B, *S, n_t, c)
+            return features.unflatten(-1, (-1, n_s, n_t, c)).sum(dim=(-4, -3))
+
+        # Pooling ops: once per source, for all its edges.
+        ks, st, pad = _lifted(3, 1, self.dim), _lifted(stride, 1, self.dim), _lifted(1, 0, self.dim)
+        pools = (
+            (_MAX, F.max_pool2d(x, ks, st, pad)),
+            (_AVG, F.avg_pool2d(x, ks, st, pad, count_include_pad=False)),
+        )
+        terms = []
+        for op, pooled in pools:
+            pooled = _batch_norm(pooled, [[e.ops[op][1] for e in row] for row in edges])
+            terms.append(per_source(_nhwc(pooled).unflatten(-1, (n_s, c)), w[op].reshape(n_s, n_t)))
+        if stride == 1:  # skip: the identity, once per source
+            terms.append(per_source(_nhwc(x).unflatten(-1, (n_s, c)), w[_SKIP].reshape(n_s, n_t)))
+        else:  # skip: a factorized reduction per edge
+            skip = _factorized_reduce(x, [[e.ops[_SKIP] for e in row] for row in edges], w[_SKIP])
+            terms.append(per_edge(_nhwc(skip)))
+        # Convolution ops: the shared ReLU'd input repeated per edge, then two stacked stages. The weights
+        # multiply the last batch norm of each op; the sep convs' first stage stays unscaled.
+        r = _nhwc(F.relu(x)).unflatten(-1, (n_s, 1, c))
+        r = _nchw(r.expand(*r.shape[:-2], n_t, c).flatten(-3))
+        blocks = {op: [_blocks(e.ops[op]) for e in flat] for op in _CONV}
+        # Each sep conv's first block on its own, so its output is one dense tensor for the next depthwise
+        # convolution (a slice of a larger one would be copied, in the backward pass too).
+        mid = [F.relu(_conv_stage([r], [[b[0] for b in blocks[op]]])) for op in _SEP]
+        # Then the last block of every op: the sep convs' second blocks and the dil convs, weighted.
+        last_blocks = [[b[-1] for b in blocks[op]] for op in _CONV]
+        last = _conv_stage(mid + [r] * len(_DIL), last_blocks, w[_CONV_WEIGHTS])
+        terms.append(per_edge(_nhwc(last)))
+        out = _total(terms)
+        if self.k == 1:
+            return out, None
+        # PC-DARTS bypass: once per source (max-pooled on a reduction edge), beta-weighted per node.
+        rest = [h[1] for h in halves]
+        if stride != 1:
+            two = _lifted(2, 1, self.dim)
+            rest = [F.max_pool2d(t, two, two, ceil_mode=True) for t in rest]
+        rest_nhwc = _nhwc(torch.cat(rest, dim=1)).unflatten(-1, (n_s, -1))
+        return out, per_source(rest_nhwc, betas.reshape(n_s, n_t))
 
 
 def normalize_edges(betas: torch.Tensor, norm: ArchNorm = "softmax") -> torch.Tensor:
@@ -395,7 +561,8 @@ class Supernet(nn.Module):
 
     ``arch_norm``: ``"softmax"`` (DARTS: alphas are logits) or ``"simplex"`` (GAEA's exponentiated gradient
     keeps alphas and betas on the simplex and they are used as they are; initialised uniform).
-    ``fused``: the batched mixed edge (default) or the per-op loop, same parameters and results.
+    ``impl``: ``"batched"`` (default) or ``"loop"`` (:class:`SearchCell`): the same parameters (the module
+    tree does not depend on it, so a state dict moves between them) and the same function.
     """
 
     def __init__(
@@ -407,7 +574,7 @@ class Supernet(nn.Module):
         *,
         stem_multiplier: int = 3,
         arch_norm: ArchNorm = "softmax",
-        fused: bool = True,
+        impl: Impl = "batched",
     ) -> None:
         super().__init__()
         if arch_norm not in ("softmax", "simplex"):
@@ -415,6 +582,7 @@ class Supernet(nn.Module):
         self.dim = check_dim(spec.dim)
         self.dense = spec.output_kind == "dense"
         self.arch_norm: ArchNorm = arch_norm
+        self.impl: Impl = impl
         reductions = set() if self.dense else {layers // 3, 2 * layers // 3}
         c_cur = stem_multiplier * C
         self.stem = nn.Sequential(conv(self.dim, spec.input_shape[0], c_cur, 3), batch_norm(self.dim, c_cur))
@@ -433,7 +601,7 @@ class Supernet(nn.Module):
                     reduction_prev=reduction_prev,
                     dim=self.dim,
                     k=k,
-                    fused=fused,
+                    impl=impl,
                 )
             )
             reduction_prev = reduction
@@ -475,6 +643,8 @@ class Supernet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = {kind: (self.op_weights(kind), self.edge_weights(kind)) for kind in self._kinds()}
         s0 = s1 = self.stem(x)
+        if self.impl == "batched":  # one channels-last copy for both inputs of the first cell
+            s0 = s1 = _lift(s0)
         for cell in self.cells:
             w, ew = weights["reduce" if cell.reduction else "normal"]
             s0, s1 = s1, cell(s0, s1, w, ew)
@@ -615,5 +785,31 @@ def derive_genotype(
         reduce=derive_cell(alphas_reduce, betas_reduce) if alphas_reduce is not None else [],
         reduce_concat=concat if alphas_reduce is not None else [],
         dim=dim,
+        dense=dense,
+    )
+
+
+def sample_genotype(rng: np.random.Generator, *, dim: int, dense: bool) -> Genotype:
+    """A uniformly random architecture of the space, for random search: per node two distinct inputs (an
+    unordered pair, listed in increasing order) each with an operation other than ``none``; a normal and a
+    reduction cell, or only a normal one for a dense task (no reductions there)."""
+    ops = [name for name in PRIMITIVES if name != "none"]
+
+    def cell() -> list[tuple[str, int]]:
+        pairs = []
+        for i in range(STEPS):
+            inputs = sorted(int(j) for j in rng.choice(2 + i, size=2, replace=False))
+            pairs.extend((ops[int(rng.integers(len(ops)))], j) for j in inputs)
+        return pairs
+
+    concat = list(range(2, 2 + STEPS))
+    normal = cell()
+    reduce = [] if dense else cell()
+    return Genotype(
+        normal=normal,
+        normal_concat=concat,
+        reduce=reduce,
+        reduce_concat=[] if dense else concat,
+        dim=check_dim(dim),
         dense=dense,
     )
