@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES)
 
-.PHONY: setup run data test test-unit lint format report bench-loader bench-train lock clean
+.PHONY: setup run data test test-unit lint format report bench-loader bench-train bench-supernet lock clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ bench-loader: setup  ## shard vs in-memory read throughput per task
 
 bench-train: setup  ## our training loop against a bare PyTorch loop
 	$(BIN)/python benchmarks/train_throughput.py
+
+bench-supernet: setup  ## DARTS supernet search step: batched edges against the per-op loop (2D and 1D)
+	$(BIN)/python benchmarks/supernet_step.py
+	$(BIN)/python benchmarks/supernet_step.py --task ecg
 
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements.lock

@@ -64,15 +64,20 @@ PAPER_EVAL_BATCH = {
 }  # fmt: skip
 PAPER_EVAL_CHANNELS = {"fsd50k": 16}  # 36 elsewhere
 
-# Smoke budgets: a 5-cell supernet with 8 channels, 3 short epochs (architecture updates from the second);
-# a 5-cell network with 8 channels retrained for a few short epochs. Seconds per task on one CPU core.
+# Smoke budgets: a 5-cell supernet with 8 channels, 2 short epochs (architecture updates in the second); a
+# 5-cell network with 8 channels retrained for 2 short epochs. Large inputs (dense tasks at full resolution,
+# Spherical 60 x 60, FSD50K 96 x 101) get smaller batches. About 10-40 s per task on one CPU core.
 SMOKE_SEARCH = SearchBudget(
-    channels=8, layers=5, epochs=3, warmup_epochs=1, batch_size=16, max_batches_per_epoch=6, val_every=0
+    channels=8, layers=5, epochs=2, warmup_epochs=1, batch_size=16, max_batches_per_epoch=6, val_every=0
 )
-SMOKE_EVAL = EvalBudget(channels=8, layers=5, epochs=3, batch_size=32, max_batches_per_epoch=10, lr=0.05)
-_DENSE_SMOKE = {"batch_size": 4, "max_batches_per_epoch": 4}
+SMOKE_EVAL = EvalBudget(channels=8, layers=5, epochs=2, batch_size=32, max_batches_per_epoch=8, lr=0.05)
+_DENSE_SMOKE = {"batch_size": 4, "max_batches_per_epoch": 3}
+_LARGE_SMOKE = {"batch_size": 16, "max_batches_per_epoch": 5}
 SMOKE_SEARCH_TASK = {"darcy": _DENSE_SMOKE, "psicov": _DENSE_SMOKE, "cosmic": _DENSE_SMOKE}
-SMOKE_EVAL_TASK = {"darcy": _DENSE_SMOKE, "psicov": _DENSE_SMOKE, "cosmic": _DENSE_SMOKE}
+SMOKE_EVAL_TASK = {
+    "darcy": _DENSE_SMOKE, "psicov": _DENSE_SMOKE, "cosmic": _DENSE_SMOKE,
+    "spherical": _LARGE_SMOKE, "fsd50k": _LARGE_SMOKE,
+}  # fmt: skip
 
 
 def search_budget(task: str, budget: str) -> SearchBudget:

@@ -32,13 +32,22 @@ def select_by_short_training(
     device: str,
     workdir: Path,
 ) -> tuple[int, list[dict[str, Any]]]:
-    """(index of the best candidate, one record per candidate: val metrics, params, seconds, device)."""
+    """(index of the best candidate, one record per candidate: val metrics, params, seconds, device).
+
+    A candidate whose loss diverges is recorded with an infinite score; if all diverge, the search fails.
+    """
     primary = metrics.PRIMARY_METRIC[task]
     records: list[dict[str, Any]] = []
     for i, candidate in enumerate(candidates):
         seed_everything(seed + i)
         model = build(candidate)
-        result = fit(model, manifest, cfg, "search", seed + i, device, checkpoint=workdir / f"trial{i}.pt")
+        try:
+            ckpt = workdir / f"trial{i}.pt"
+            result = fit(model, manifest, cfg, "search", seed + i, device, checkpoint=ckpt)
+        except FloatingPointError as e:  # a diverged candidate loses; the search goes on
+            log.warning("candidate %d/%d diverged: %s", i + 1, len(candidates), e)
+            records.append({"trial": i, "val": {primary: math.inf}, "diverged": str(e)})
+            continue
         value = result.metrics[primary]
         records.append(
             {
@@ -58,5 +67,7 @@ def select_by_short_training(
             result.params,
         )
     values = [r["val"][primary] if math.isfinite(r["val"][primary]) else math.inf for r in records]
+    if all(v == math.inf for v in values):
+        raise FloatingPointError(f"{task}: every one of the {len(candidates)} candidates diverged")
     best = min(range(len(values)), key=lambda i: (values[i], i))
     return best, records
