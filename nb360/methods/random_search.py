@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from dataclasses import replace
 
 import numpy as np
@@ -29,7 +30,7 @@ def search(ctx: RunContext) -> SearchResult:
     paper = check_budget(ctx.budget) == "paper"
     trials, epochs = (PAPER_TRIALS, PAPER_TRIAL_EPOCHS) if paper else (SMOKE_TRIALS, SMOKE_TRIAL_EPOCHS)
     b = search_budget(ctx.task.name, ctx.budget)
-    rng = np.random.default_rng([ctx.seed, 360])
+    rng = np.random.default_rng([ctx.seed, 360, zlib.crc32(ctx.task.name.encode())])  # per task
     dense = ctx.task.output_kind == "dense"
     genotypes = [sample_genotype(rng, dim=ctx.task.dim, dense=dense) for _ in range(trials)]
     cfg = TrainConfig(

@@ -165,8 +165,12 @@ def plain_log_ticks(axis: Any, lo: float, hi: float) -> None:
     """Label a log axis with plain numbers (1, 2, 5, 10) instead of 2×10⁰; minor labels on short ranges."""
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")
     axis.set_major_formatter(plain)
-    # Within about one decade the major ticks alone leave the axis almost unlabelled.
-    axis.set_minor_formatter(plain if hi / lo < 15 else NullFormatter())
+    # Within about one decade the major ticks alone leave the axis almost unlabelled; label the minor ticks
+    # at 2 and 5 times a power of ten only, so that long labels (0.0008) do not overlap.
+    two_five = FuncFormatter(
+        lambda v, _pos: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v)), 6) in (2, 5) else ""
+    )
+    axis.set_minor_formatter(two_five if hi / lo < 15 else NullFormatter())
 
 
 def performance_profiles(
