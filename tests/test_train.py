@@ -101,3 +101,15 @@ def test_wrn_learns_satellite_beyond_trivial(embedded, tmp_path):
     wrn, trivial = get_method("wrn").retrain(ctx), get_method("trivial").retrain(ctx)
     assert wrn.metrics["error_pct"] < 0.6 * trivial.metrics["error_pct"]
     assert Path(tmp_path / "checkpoint.pt").exists() and wrn.params > 0
+
+
+def test_a_checkpoint_of_another_architecture_is_not_resumed(embedded, tmp_path, caplog):
+    """A rerun search reuses checkpoint names (trial0.pt) for new candidates: they start over."""
+    manifest = embedded.build("satellite")[1]
+    ckpt = tmp_path / "trial0.pt"
+    fit(_model(), manifest, CFG, seed=3, device="cpu", checkpoint=ckpt)
+    seed_everything(0)
+    other = create_model("wrn", get_task("satellite"), width=0.5)
+    result = fit(other, manifest, CFG, seed=3, device="cpu", checkpoint=ckpt)
+    assert len(result.history) == CFG.epochs and "another architecture" in caplog.text
+    assert torch.load(ckpt, weights_only=True)["model"].keys() == other.state_dict().keys()

@@ -21,6 +21,7 @@ by the weight optimiser; its architecture parameters belong to the hooks.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import math
@@ -175,6 +176,13 @@ class _Accelerator:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
 
+def model_signature(model: nn.Module) -> str:
+    """A digest of the model's state-dict names and shapes: a checkpoint of another architecture (e.g. a
+    previous search's candidate under the same file name) must not be resumed."""
+    text = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -318,6 +326,10 @@ def fit(
     if state is not None and state.get("config") != asdict(cfg):
         log.warning("checkpoint %s was written with another configuration; starting over", ckpt_path)
         state = None
+    signature = model_signature(model)
+    if state is not None and state.get("model_signature") != signature:
+        log.warning("checkpoint %s was written for another architecture; starting over", ckpt_path)
+        state = None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -400,6 +412,7 @@ def fit(
                     "torch_rng": torch.get_rng_state(),
                     "history": history,
                     "config": asdict(cfg),
+                    "model_signature": signature,
                     "hooks": [hook.state_dict() for hook in hooks],
                 },
             )
