@@ -30,4 +30,3 @@ def test_diverged_candidates_lose_and_all_diverged_fails(embedded, tmp_path):
     assert best == 1 and "diverged" in records[0] and records[1]["val"]["error_pct"] < 100
     with pytest.raises(FloatingPointError, match="every one of the 2 candidates diverged"):
         select_by_short_training(["nan", "nan"], _build, manifest, "satellite", CFG, 0, "cpu", tmp_path / "b")
-
