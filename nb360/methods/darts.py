@@ -182,6 +182,20 @@ class DropPathRamp(FitHook):
         self.model.drop_path_prob = self.max_prob * epoch / self.epochs
 
 
+def cell_training_config(epochs: int, lr: float, batch_size: int, max_batches: int | None) -> TrainConfig:
+    """DARTS' training of a discrete cell network: SGD momentum 0.9, weight decay 3e-4, cosine, clip 5."""
+    return TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        nesterov=False,
+        weight_decay=3e-4,
+        schedule="cosine",
+        grad_clip=5.0,
+        max_batches_per_epoch=max_batches,
+    )
+
+
 def read_genotype(ctx: RunContext) -> Genotype:
     if ctx.arch is None:
         raise ValueError(f"{ctx.task.name}: retraining a searched cell needs its arch.json (ctx.arch)")
@@ -196,16 +210,7 @@ def retrain_genotype(ctx: RunContext) -> RunResult:
     model = create_model(
         "darts_eval", ctx.task, genotype=read_genotype(ctx), layers=b.layers, channels=b.channels
     )
-    cfg = TrainConfig(
-        epochs=b.epochs,
-        lr=b.lr,
-        batch_size=b.batch_size,
-        nesterov=False,
-        weight_decay=3e-4,
-        schedule="cosine",
-        grad_clip=5.0,
-        max_batches_per_epoch=b.max_batches_per_epoch,
-    )
+    cfg = cell_training_config(b.epochs, b.lr, b.batch_size, b.max_batches_per_epoch)
     return fit(
         model,
         ctx.manifest,

@@ -15,11 +15,16 @@ import numpy as np
 
 from nb360.methods.base import Method, RunContext, SearchResult, register_method
 from nb360.methods.budgets import check_budget, smoke_validation
-from nb360.methods.darts import KIND, genotype_summary, retrain_genotype, search_budget
+from nb360.methods.darts import (
+    KIND,
+    cell_training_config,
+    genotype_summary,
+    retrain_genotype,
+    search_budget,
+)
 from nb360.models import create_model
 from nb360.search.darts_space import sample_genotype
 from nb360.search.selection import select_by_short_training
-from nb360.train import TrainConfig
 
 PAPER_TRIALS, PAPER_TRIAL_EPOCHS = 24, 10
 SMOKE_TRIALS, SMOKE_TRIAL_EPOCHS = 3, 1
@@ -33,16 +38,7 @@ def search(ctx: RunContext) -> SearchResult:
     rng = np.random.default_rng([ctx.seed, 360, zlib.crc32(ctx.task.name.encode())])  # per task
     dense = ctx.task.output_kind == "dense"
     genotypes = [sample_genotype(rng, dim=ctx.task.dim, dense=dense) for _ in range(trials)]
-    cfg = TrainConfig(
-        epochs=epochs,
-        lr=0.025,
-        batch_size=b.batch_size,
-        nesterov=False,
-        weight_decay=3e-4,
-        schedule="cosine",
-        grad_clip=5.0,
-        max_batches_per_epoch=b.max_batches_per_epoch,
-    )
+    cfg = cell_training_config(epochs, 0.025, b.batch_size, b.max_batches_per_epoch)
     if not paper:
         cfg = replace(cfg, **smoke_validation(ctx.task.name))
     best, records = select_by_short_training(

@@ -37,6 +37,7 @@ from matplotlib.lines import Line2D
 
 from nb360.report.figures import (
     STYLE,
+    legend_in_blank_cells,
     method_colours,
     new_figure,
     panel_grid,
@@ -425,14 +426,7 @@ def error_vs_cost(seeds: pd.DataFrame, out_stem: str | os.PathLike) -> list[Path
                     label=f"hollow: 0 {x_label.split(' of ')[0]} (drawn at {MIN_SECONDS:g} s)",
                 )
             )
-        blank = list(axes.flat[len(tasks) :])
-        for ax in blank:
-            ax.set_axis_off()
-        if blank:
-            # Empty grid cells hold the legend, as in the learning curves.
-            blank[0].legend(handles=handles, loc="center left" if len(blank) > 1 else "center", frameon=False)
-        else:
-            fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
+        legend_in_blank_cells(fig, axes, len(tasks), handles)
         return save_figure(fig, out_stem)
 
 

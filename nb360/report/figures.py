@@ -234,6 +234,18 @@ def load_histories(histories: Iterable[Mapping[str, Any] | str | os.PathLike]) -
     return out
 
 
+def legend_in_blank_cells(fig: Figure, axes: np.ndarray, used: int, handles: list[Any]) -> None:
+    """Hide the grid cells after the first ``used`` and put the legend in them (keeps the figure compact);
+    below the panels when the grid is full."""
+    blank = list(axes.flat[used:])
+    for ax in blank:
+        ax.set_axis_off()
+    if blank:
+        blank[0].legend(handles=handles, loc="center left" if len(blank) > 1 else "center", frameon=False)
+    else:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
+
+
 def panel_grid(n: int) -> tuple[int, int]:
     """Rows and columns of a panel grid: at most 3 columns, so 10 tasks fit a page at readable size."""
     cols = min(n, 3)
@@ -334,14 +346,7 @@ def learning_curves(
             handles.append(
                 Line2D([], [], color="black", linewidth=1.1, linestyle="--", label="val metric (right axis)")
             )
-        blank = list(axes.flat[len(tasks) :])
-        for ax in blank:
-            ax.set_axis_off()
-        if blank:
-            # Empty grid cells hold the legend, which keeps the figure compact.
-            blank[0].legend(handles=handles, loc="center left" if len(blank) > 1 else "center", frameon=False)
-        else:
-            fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
+        legend_in_blank_cells(fig, axes, len(tasks), handles)
         return save_figure(fig, out_stem)
 
 
