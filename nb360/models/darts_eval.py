@@ -53,10 +53,8 @@ class EvalCell(nn.Module):
     ) -> None:
         super().__init__()
         self.reduction = reduction
-        self.preprocess0 = (
-            space.FactorizedReduce(c_pp, c, dim) if reduction_prev else space.ReLUConvBN(c_pp, c, 1, 1, dim)
-        )
-        self.preprocess1 = space.ReLUConvBN(c_p, c, 1, 1, dim)
+        self.preprocess0 = space.cell_preprocess(c_pp, c, dim, reduction_prev, affine=True)
+        self.preprocess1 = space.cell_preprocess(c_p, c, dim, False, affine=True)
         self.inputs = [j for _, j in pairs]
         self.concat = list(concat)
         self.ops = nn.ModuleList(

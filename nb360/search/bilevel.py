@@ -17,7 +17,6 @@ An ``objective`` turns the architecture batch's task loss into the loss the arch
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -27,8 +26,6 @@ from torch.func import functional_call
 
 from nb360.data.loader import make_loader
 from nb360.train.loop import FitHook, FitState
-
-log = logging.getLogger(__name__)
 
 ArchUpdate = Literal["eg", "adam", "darts2"]
 Objective = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -147,7 +144,6 @@ class ArchStep(FitHook):
         if epoch < self.warmup_epochs or step % self.every:
             return
         arch_batch = self._next_batch()
-        self.state.model.train()
         if self.update == "darts2":
             grads = self._second_order_grads(batch, arch_batch)
         else:

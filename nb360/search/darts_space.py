@@ -378,7 +378,9 @@ def _edge_groups() -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
 # ------------------------------------------------------------------------------------------- cells
 
 
-def _preprocess(c_in: int, c_out: int, dim: int, reduce: bool, affine: bool) -> nn.Module:
+def cell_preprocess(c_in: int, c_out: int, dim: int, reduce: bool, affine: bool) -> nn.Module:
+    """A cell input to ``c_out`` channels: factorized reduction after a reduction cell, else ReLU-conv-BN 1x1
+    (search cells without affine batch norms, evaluation cells with them)."""
     return (
         FactorizedReduce(c_in, c_out, dim, affine) if reduce else ReLUConvBN(c_in, c_out, 1, 1, dim, affine)
     )
@@ -415,8 +417,8 @@ class SearchCell(nn.Module):
         if impl not in _IMPLS:
             raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
         self.reduction, self.dim, self.k, self.impl = reduction, check_dim(dim), k, impl
-        self.preprocess0 = _preprocess(c_pp, c, dim, reduction_prev, affine=False)
-        self.preprocess1 = _preprocess(c_p, c, dim, False, affine=False)
+        self.preprocess0 = cell_preprocess(c_pp, c, dim, reduction_prev, affine=False)
+        self.preprocess1 = cell_preprocess(c_p, c, dim, False, affine=False)
         self.edges = nn.ModuleList(
             MixedOp(c, 2 if reduction and j < 2 else 1, dim, k) for i in range(STEPS) for j in range(2 + i)
         )

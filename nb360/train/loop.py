@@ -104,7 +104,8 @@ class FitState:
 class FitHook:
     """An extension of :func:`fit`; override what you need. Hooks run in the order given.
 
-    ``before_step`` runs before every weight step with the (device) batch the weights will train on;
+    ``before_step`` runs before every weight step with the (device) batch the weights will train on, and
+    must leave the model in training mode;
     ``epoch_end`` may add entries to the epoch's record, or raise to end the run (e.g. an ASHA prune).
     ``state_dict``/``load_state_dict``: what the hook needs to resume exactly (saved in the checkpoint).
     """
@@ -361,7 +362,6 @@ def fit(
             batch = accel.batch(batch)
             for hook in hooks:
                 hook.before_step(epoch, step, batch)
-            model.train()
             with accel.autocast():
                 out = model(batch["x"])
             loss = loss_fn(out.float(), batch)
