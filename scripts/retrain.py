@@ -7,19 +7,13 @@ import torch
 from nb360.logs import log_to
 from nb360.methods import RunContext, get_method
 from nb360.runs import write_run
-from nb360.tasks import get_task
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 with log_to(smk.log[0]):
     torch.set_num_threads(smk.threads)
-    workdir = Path(smk.output.scores).parent
-    ctx = RunContext(
-        task=get_task(smk.wildcards.task),
-        manifest=Path(smk.input.manifest),
-        seed=int(smk.wildcards.seed),
-        budget=smk.params.budget,
-        device=smk.params.device,
-        workdir=workdir,
+    ctx = RunContext.for_job(
+        smk,
+        Path(smk.output.scores).parent,
         # Namedlist: "in" looks at the values, so ask the keys.
         arch=Path(smk.input.arch) if "arch" in smk.input.keys() else None,  # noqa: SIM118
     )

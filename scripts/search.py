@@ -7,19 +7,14 @@ import torch
 from nb360.logs import log_to
 from nb360.methods import RunContext, get_method
 from nb360.runs import write_arch, write_search_history
-from nb360.tasks import get_task
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 with log_to(smk.log[0]):
     torch.set_num_threads(smk.threads)
     method = get_method(smk.wildcards.method)
-    ctx = RunContext(
-        task=get_task(smk.wildcards.task),
-        manifest=Path(smk.input.manifest),
-        seed=int(smk.wildcards.seed),
-        budget=smk.params.budget,
-        device=smk.params.device,
-        workdir=Path(smk.output.arch).parent,
+    ctx = RunContext.for_job(
+        smk,
+        Path(smk.output.arch).parent,
         inputs={other: Path(smk.input[f"arch_{other}"]) for other in method.reads},
         workers=smk.params.workers,
     )

@@ -8,19 +8,10 @@ import torch
 from nb360.data.shards import atomic_write_text
 from nb360.logs import log_to
 from nb360.methods import RunContext, get_method
-from nb360.tasks import get_task
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 with log_to(smk.log[0]):
     torch.set_num_threads(smk.threads)
-    ctx = RunContext(
-        task=get_task(smk.wildcards.task),
-        manifest=Path(smk.input.manifest),
-        seed=int(smk.wildcards.seed),
-        budget=smk.params.budget,
-        device=smk.params.device,
-        workdir=Path(smk.output[0]).parent,
-        workers=smk.params.workers,
-    )
+    ctx = RunContext.for_job(smk, Path(smk.output[0]).parent, workers=smk.params.workers)
     record = get_method(smk.wildcards.method).search_worker(ctx, int(smk.wildcards.worker))
     atomic_write_text(smk.output[0], json.dumps(record, indent=1) + "\n")

@@ -11,12 +11,13 @@ Snakemake's ``{method}`` wildcard is a registry name.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nb360.tasks import TaskSpec
+from nb360.tasks import TaskSpec, get_task
 from nb360.train import RunResult
 
 
@@ -33,6 +34,20 @@ class RunContext:
     arch: Path | None = None  # retrain of a search method: the searched architecture file
     inputs: Mapping[str, Path] = field(default_factory=dict)  # search: arch.json of the methods it reads
     workers: int = 1  # search: how many worker jobs share it
+
+    @classmethod
+    def for_job(cls, job: Any, workdir: str | os.PathLike, **extra: Any) -> RunContext:
+        """The context of a Snakemake job (its wildcards task/seed, input manifest, params budget/device);
+        ``extra`` sets the other fields."""
+        return cls(
+            task=get_task(job.wildcards.task),
+            manifest=Path(job.input.manifest),
+            seed=int(job.wildcards.seed),
+            budget=job.params.budget,
+            device=job.params.device,
+            workdir=Path(workdir),
+            **extra,
+        )
 
 
 @dataclass
