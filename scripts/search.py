@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import _repo_path  # noqa: F401 (nb360 importable in conda environments)
 import torch
 
 from nb360.logs import log_to

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import _repo_path  # noqa: F401 (nb360 importable in conda environments)
 import torch
 
 from nb360.data.shards import atomic_write_text

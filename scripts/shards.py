@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import _repo_path  # noqa: F401 (nb360 importable in conda environments)
+
 from nb360.data.pipeline import build_shards
 from nb360.logs import log_to
 

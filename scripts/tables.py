@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import _repo_path  # noqa: F401 (nb360 importable in conda environments)
+
 from nb360.logs import log_to
 from nb360.report.tables import load_paper_results, read_scores, write_tables
 

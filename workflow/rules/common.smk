@@ -3,6 +3,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from nb360.methods import get_method, list_methods
+from nb360.resources import job_resources
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -92,4 +93,18 @@ def search_outputs(name):
         method=SEARCH_METHODS,
         seed=SEEDS,
         name=name,
+    )
+
+
+def threads_of(stage):
+    """CPU threads of a stage's jobs under the configured budget."""
+    return job_resources(stage, TRAIN["budget"]).threads
+
+
+def resource_of(stage, name):
+    """One resource of a stage's jobs (mem_mb, runtime, gpu): memory and run time grow with the attempt, and
+    train.device: cpu asks for no GPU. Values live in nb360.resources; profiles may override them per rule.
+    """
+    return lambda wildcards, attempt: getattr(
+        job_resources(stage, TRAIN["budget"], TRAIN["device"], attempt), name
     )

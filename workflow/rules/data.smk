@@ -8,6 +8,10 @@ rule embedded_raw:
         "logs/data/embedded_raw/{task}.log",
     conda:
         "../../envs/data.yaml"
+    threads: threads_of("data")
+    resources:
+        mem_mb=resource_of("data", "mem_mb"),
+        runtime=resource_of("data", "runtime"),
     params:
         seed=DATA["embedded_seed"],
         pypi_cache=DATA["pypi_cache"],
@@ -22,6 +26,10 @@ rule fetch_raw:
         "logs/data/fetch_raw/{task}.log",
     conda:
         "../../envs/data.yaml"
+    threads: threads_of("data")
+    resources:
+        mem_mb=resource_of("data", "mem_mb"),
+        runtime=resource_of("data", "runtime"),
     params:
         lockfile=DATA["lockfile"],
         mirror=DATA["mirror"],
@@ -39,6 +47,10 @@ rule shards:
         "logs/data/shards/{task}.log",
     conda:
         "../../envs/data.yaml"
+    threads: threads_of("data")
+    resources:
+        mem_mb=resource_of("data", "mem_mb"),
+        runtime=resource_of("data", "runtime"),
     params:
         provenance={"source": DATA["source"], "embedded_seed": DATA["embedded_seed"]},
     script:

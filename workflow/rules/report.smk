@@ -14,6 +14,10 @@ rule scores:
         "logs/report/scores.log",
     conda:
         "../../envs/report.yaml"
+    threads: threads_of("report")
+    resources:
+        mem_mb=resource_of("report", "mem_mb"),
+        runtime=resource_of("report", "runtime"),
     script:
         "../../scripts/scores.py"
 
@@ -37,6 +41,10 @@ rule tables:
         "logs/report/tables.log",
     conda:
         "../../envs/report.yaml"
+    threads: threads_of("report")
+    resources:
+        mem_mb=resource_of("report", "mem_mb"),
+        runtime=resource_of("report", "runtime"),
     script:
         "../../scripts/tables.py"
 
@@ -71,6 +79,10 @@ rule figures:
         "logs/report/figures.log",
     conda:
         "../../envs/report.yaml"
+    threads: threads_of("report")
+    resources:
+        mem_mb=resource_of("report", "mem_mb"),
+        runtime=resource_of("report", "runtime"),
     script:
         "../../scripts/figures.py"
 
@@ -115,6 +127,10 @@ rule cost:
         "logs/report/cost.log",
     conda:
         "../../envs/report.yaml"
+    threads: threads_of("report")
+    resources:
+        mem_mb=resource_of("report", "mem_mb"),
+        runtime=resource_of("report", "runtime"),
     script:
         "../../scripts/cost.py"
 
@@ -144,5 +160,9 @@ rule architectures:
         "logs/report/architectures.log",
     conda:
         "../../envs/report.yaml"
+    threads: threads_of("report")
+    resources:
+        mem_mb=resource_of("report", "mem_mb"),
+        runtime=resource_of("report", "runtime"),
     script:
         "../../scripts/architectures.py"

@@ -16,7 +16,11 @@ rule search_worker:
         worker=r"\d+",
     conda:
         "../../envs/train.yaml"
-    threads: 1
+    threads: threads_of("search_worker")
+    resources:
+        gpu=resource_of("search_worker", "gpu"),
+        mem_mb=resource_of("search_worker", "mem_mb"),
+        runtime=resource_of("search_worker", "runtime"),
     params:
         budget=TRAIN["budget"],
         device=TRAIN["device"],
@@ -45,7 +49,11 @@ rule search:
         method=SEARCH_PATTERN,
     conda:
         "../../envs/train.yaml"
-    threads: 1
+    threads: threads_of("search")
+    resources:
+        gpu=resource_of("search", "gpu"),
+        mem_mb=resource_of("search", "mem_mb"),
+        runtime=resource_of("search", "runtime"),
     params:
         budget=TRAIN["budget"],
         device=TRAIN["device"],

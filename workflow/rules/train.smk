@@ -13,7 +13,11 @@ rule retrain:
         "results/runs/{task}/{method}/seed{seed}/benchmark.tsv"
     conda:
         "../../envs/train.yaml"
-    threads: 1
+    threads: threads_of("retrain")
+    resources:
+        gpu=resource_of("retrain", "gpu"),
+        mem_mb=resource_of("retrain", "mem_mb"),
+        runtime=resource_of("retrain", "runtime"),
     params:
         budget=TRAIN["budget"],
         device=TRAIN["device"],
