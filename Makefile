@@ -3,10 +3,16 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-CORES ?= 2
-SNAKEMAKE := $(BIN)/snakemake --cores $(CORES)
+# CPU cores for jobs, and GPUs to share out (default: the GPUs nvidia-smi lists; none on a laptop).
+CORES ?= all
+GPUS ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+# Local runs: the default profile, and `--resources gpu=N` where there are GPUs. Targets come first, since
+# `--resources` would take them for resources.
+snakemake = $(BIN)/snakemake $(1) --workflow-profile workflow/profiles/default --cores $(CORES) \
+	$(if $(filter-out 0,$(GPUS)),--resources gpu=$(GPUS))
 
-.PHONY: setup run data test test-unit lint format report bench-loader bench-train bench-supernet lock clean
+.PHONY: setup setup-slurm run run-slurm data test test-unit lint format report bench-loader bench-train \
+	bench-supernet lock clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +24,19 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml requirements.lock
 
 setup: $(VENV)/.installed
 
+setup-slurm: setup  ## adds snakemake-executor-plugin-slurm (for a cluster's login node)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev,slurm]"
+
 run: setup  ## the whole default DAG on the embedded data, then the HTML report
-	$(SNAKEMAKE) all
+	$(call snakemake,all)
+	$(BIN)/snakemake --report results/report.html
+
+run-slurm: setup-slurm  ## the DAG as SLURM jobs (workflow/profiles/slurm), then the report
+	$(BIN)/snakemake all --workflow-profile workflow/profiles/slurm
 	$(BIN)/snakemake --report results/report.html
 
 data: setup  ## shards of all configured tasks
-	$(SNAKEMAKE) data
+	$(call snakemake,data)
 
 test: setup  ## unit and integration tests
 	$(BIN)/pytest -q
@@ -55,6 +68,7 @@ bench-supernet: setup  ## DARTS supernet search step: batched edges against the 
 	$(BIN)/python benchmarks/supernet_step.py
 	$(BIN)/python benchmarks/supernet_step.py --task ecg
 
+# After `make setup-slurm`, so that the SLURM plugin's pins stay in the lock.
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements.lock
 
