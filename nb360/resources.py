@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from nb360.methods import get_method
 from nb360.methods.budgets import check_budget
 
 STAGES = ("data", "search", "search_worker", "retrain", "report")
@@ -44,9 +45,12 @@ _BASE = {
 }
 
 
-def job_resources(stage: str, budget: str, device: str = "auto", attempt: int = 1) -> JobResources:
+def job_resources(
+    stage: str, budget: str, device: str = "auto", attempt: int = 1, method: str | None = None
+) -> JobResources:
     """Resources of one job of ``stage`` under ``budget``; attempt n (a retry) gets n times the memory and
-    run time. ``device: cpu`` asks for no GPU, so GPU-less clusters can run the training rules."""
+    run time. ``device: cpu`` asks for no GPU, so GPU-less clusters can run the training rules, and neither
+    does a ``method`` whose ``stage`` is CPU-only (``Method.cpu_only``)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
     if attempt < 1:
@@ -56,5 +60,5 @@ def job_resources(stage: str, budget: str, device: str = "auto", attempt: int = 
         base,
         mem_mb=base.mem_mb * attempt,
         runtime=base.runtime * attempt,
-        gpu=0 if device == "cpu" else base.gpu,
+        gpu=0 if device == "cpu" or (method and stage in get_method(method).cpu_only) else base.gpu,
     )

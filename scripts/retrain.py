@@ -5,16 +5,19 @@ from pathlib import Path
 import _repo_path  # noqa: F401 (nb360 importable in conda environments)
 import torch
 
+from nb360.devices import claim_device, job_device
 from nb360.logs import log_to
 from nb360.methods import RunContext, get_method
 from nb360.runs import write_run
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-with log_to(smk.log[0]):
+# The device is claimed inside the log, so waiting for a GPU or failing to get one is logged.
+with log_to(smk.log[0]), claim_device(job_device(smk.params.device, smk.resources)) as placement:
     torch.set_num_threads(smk.threads)
     ctx = RunContext.for_job(
         smk,
         Path(smk.output.scores).parent,
+        device=placement.device,
         # Namedlist: "in" looks at the values, so ask the keys.
         arch=Path(smk.input.arch) if "arch" in smk.input.keys() else None,  # noqa: SIM118
     )
@@ -25,5 +28,6 @@ with log_to(smk.log[0]):
         "seed": ctx.seed,
         "budget": ctx.budget,
         "data_source": smk.params.data_source,
+        "placement": placement.record(),
     }
     write_run(result, smk.output.scores, smk.output.history, meta)

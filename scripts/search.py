@@ -5,17 +5,20 @@ from pathlib import Path
 import _repo_path  # noqa: F401 (nb360 importable in conda environments)
 import torch
 
+from nb360.devices import claim_device, job_device
 from nb360.logs import log_to
 from nb360.methods import RunContext, get_method
 from nb360.runs import write_arch, write_search_history
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-with log_to(smk.log[0]):
+# The device is claimed inside the log, so waiting for a GPU or failing to get one is logged.
+with log_to(smk.log[0]), claim_device(job_device(smk.params.device, smk.resources)) as placement:
     torch.set_num_threads(smk.threads)
     method = get_method(smk.wildcards.method)
     ctx = RunContext.for_job(
         smk,
         Path(smk.output.arch).parent,
+        device=placement.device,
         inputs={other: Path(smk.input[f"arch_{other}"]) for other in method.reads},
         workers=smk.params.workers,
     )
@@ -26,6 +29,7 @@ with log_to(smk.log[0]):
         "seed": ctx.seed,
         "budget": ctx.budget,
         "data_source": smk.params.data_source,
+        "placement": placement.record(),
     }
     write_search_history(result, smk.output.history, meta)
     search = {"seconds": result.seconds, "device": result.device}

@@ -25,6 +25,13 @@ def test_device_cpu_asks_for_no_gpu():
     assert job_resources("retrain", "paper", device="cuda:1").gpu == 1
 
 
+def test_cpu_only_stages_of_a_method_ask_for_no_gpu():
+    assert job_resources("retrain", "paper", method="trivial").gpu == 0
+    assert job_resources("search", "paper", method="wrn_asha").gpu == 0
+    assert job_resources("search_worker", "paper", method="wrn_asha").gpu == 1
+    assert job_resources("retrain", "paper", method="wrn_asha").gpu == 1
+
+
 def test_retries_ask_for_more_memory_and_time():
     first, third = job_resources("search", "paper", attempt=1), job_resources("search", "paper", attempt=3)
     assert third.mem_mb == 3 * first.mem_mb and third.runtime == 3 * first.runtime
@@ -47,15 +54,17 @@ def test_unknown_stage_or_budget_is_refused(args, message):
 
 
 def _dry_run_resources(wd: Path, *args: str) -> dict[str, dict[str, str]]:
-    """rule -> resources of its first job in a dry run."""
+    """ "rule" or "rule/method" (jobs with a method wildcard) -> resources of its first job in a dry run."""
     proc = _snakemake(wd, "-n", "--cores", "2", *args)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     found = {}
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout):
         head = re.match(r"(?:local)?rule (\w+):", block)
         res = re.search(r"^\s+resources: (.*)$", block, re.M)
-        if head and res and head.group(1) not in found:
-            found[head.group(1)] = dict(kv.split("=", 1) for kv in res.group(1).split(", "))
+        method = re.search(r"^\s+wildcards: .*\bmethod=(\w+)", block, re.M)
+        if head and res:
+            key = head.group(1) + (f"/{method.group(1)}" if method else "")
+            found.setdefault(key, dict(kv.split("=", 1) for kv in res.group(1).split(", ")))
     return found
 
 
@@ -66,16 +75,18 @@ def test_rules_pass_budget_attempt_and_device_to_the_scheduler(tmp_path):
     paper = job_resources("retrain", "paper")
 
     res = _dry_run_resources(wd, "--configfile", str(wd / "paper.yaml"), "--attempt", "2")
-    for rule in ("retrain", "search", "search_worker"):
-        assert res[rule]["gpu"] == "1", rule
-    assert res["retrain"]["mem_mb"] == str(2 * paper.mem_mb)
-    assert res["retrain"]["runtime"] == str(2 * paper.runtime)
+    for job in ("retrain/wrn_asha", "search_worker/wrn_asha"):
+        assert res[job]["gpu"] == "1", job
+    assert res["retrain/wrn_asha"]["mem_mb"] == str(2 * paper.mem_mb)
+    assert res["retrain/wrn_asha"]["runtime"] == str(2 * paper.runtime)
+    # CPU-only stages of a method ask for no GPU: the trivial predictor, the ASHA study's summary.
+    assert res["retrain/trivial"]["gpu"] == "0" and res["search/wrn_asha"]["gpu"] == "0"
     assert "gpu" not in res["shards"] and "gpu" not in res["scores"]
 
     (wd / "cpu.yaml").write_text(yaml.safe_dump({"train": {"device": "cpu"}}))
     res = _dry_run_resources(wd, "--configfile", str(wd / "cpu.yaml"))
-    assert res["retrain"]["gpu"] == "0"
-    assert res["retrain"]["mem_mb"] == str(job_resources("retrain", "smoke").mem_mb)
+    assert res["retrain/wrn_asha"]["gpu"] == "0"
+    assert res["retrain/wrn_asha"]["mem_mb"] == str(job_resources("retrain", "smoke").mem_mb)
 
 
 def test_default_profile_is_used_by_make_and_leaves_the_dag_alone(tmp_path):

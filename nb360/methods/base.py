@@ -36,15 +36,18 @@ class RunContext:
     workers: int = 1  # search: how many worker jobs share it
 
     @classmethod
-    def for_job(cls, job: Any, workdir: str | os.PathLike, **extra: Any) -> RunContext:
+    def for_job(
+        cls, job: Any, workdir: str | os.PathLike, device: str | None = None, **extra: Any
+    ) -> RunContext:
         """The context of a Snakemake job (its wildcards task/seed, input manifest, params budget/device);
+        ``device`` replaces params.device (the one :func:`nb360.devices.claim_device` placed the job on);
         ``extra`` sets the other fields."""
         return cls(
             task=get_task(job.wildcards.task),
             manifest=Path(job.input.manifest),
             seed=int(job.wildcards.seed),
             budget=job.params.budget,
-            device=job.params.device,
+            device=job.params.device if device is None else device,
             workdir=Path(workdir),
             **extra,
         )
@@ -72,6 +75,9 @@ class Method:
     # Parallel search: one job per worker (worker index 0..workers-1) returns a JSON-able record.
     search_worker: Callable[[RunContext, int], dict[str, Any]] | None = None
     reads: tuple[str, ...] = ()  # methods whose searched architecture this method's search reads
+    # Stages ("search", "retrain") that never train a network on a GPU: their jobs ask for no GPU, so they
+    # neither hold a GPU slot nor wait in a cluster's GPU queue.
+    cpu_only: tuple[str, ...] = ()
 
     @property
     def searches(self) -> bool:

@@ -252,5 +252,6 @@ register_method(
         "WRN with learning rate, momentum, weight decay and dropout tuned by ASHA (optuna), then retrained",
         search=search,
         search_worker=worker,
+        cpu_only=("search",),  # the search job only reads the study its workers filled
     )
 )

@@ -103,8 +103,16 @@ def threads_of(stage):
 
 def resource_of(stage, name):
     """One resource of a stage's jobs (mem_mb, runtime, gpu): memory and run time grow with the attempt, and
-    train.device: cpu asks for no GPU. Values live in nb360.resources; profiles may override them per rule.
+    train.device: cpu or a CPU-only method stage asks for no GPU. Values live in nb360.resources; profiles
+    may override them per rule.
     """
     return lambda wildcards, attempt: getattr(
-        job_resources(stage, TRAIN["budget"], TRAIN["device"], attempt), name
+        job_resources(
+            stage,
+            TRAIN["budget"],
+            TRAIN["device"],
+            attempt,
+            getattr(wildcards, "method", None),
+        ),
+        name,
     )
