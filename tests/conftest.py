@@ -55,3 +55,9 @@ class EmbeddedBuild:
 @pytest.fixture(scope="session")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedBuild:
     return EmbeddedBuild(tmp_path_factory.mktemp("embedded"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slurm` tests last: they install system packages and start daemons (minutes); every other test has
+    reported by then."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)  # stable: keeps the rest
