@@ -1,7 +1,7 @@
 """A slice of the workflow on a real SLURM cluster (tests/slurm_cluster.py) through workflow/profiles/slurm.
 
-Needs root (it installs slurm-wlm, munge, slurmdbd and MariaDB with apt-get if missing, and starts their
-daemons); skipped elsewhere, unless NB360_REQUIRE_SLURM=1 (CI), where it fails instead.
+Needs root (it starts daemons) and the packages; with NB360_REQUIRE_SLURM=1 (CI, `.ci/run`) it installs
+slurm-wlm, munge, slurmdbd and MariaDB with apt-get where they are missing, and fails instead of skipping.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from nb360.resources import job_resources
 from tests.conftest import REPO
-from tests.slurm_cluster import LocalSlurm, unavailable_reason
+from tests.slurm_cluster import LocalSlurm, missing_binaries, unavailable_reason
 from tests.test_workflow import _config, _snakemake_cmd, _workdir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
@@ -54,10 +54,15 @@ SUBMITTED = re.compile(r"submitted with SLURM jobid (?P<id>\d+) \(log: (?P<log>\
 
 
 def _require_cluster() -> None:
+    """Skips unless a cluster can be started. Packages are installed only where asked for (CI), never as a
+    side effect of a developer's `make test`."""
+    required = os.environ.get("NB360_REQUIRE_SLURM") == "1"
     reason = unavailable_reason()
+    if reason is None and missing_binaries() and not required:
+        reason = "slurm-wlm, munge and MariaDB are missing (NB360_REQUIRE_SLURM=1 installs them with apt-get)"
     if reason is None:
         return
-    if os.environ.get("NB360_REQUIRE_SLURM") == "1":
+    if required:
         pytest.fail(f"NB360_REQUIRE_SLURM=1 but no SLURM cluster can be started here: {reason}")
     pytest.skip(f"no local SLURM cluster: {reason} (NB360_REQUIRE_SLURM=1 turns this skip into a failure)")
 
