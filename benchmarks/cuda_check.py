@@ -7,6 +7,9 @@
    under autocast and the results are finite.
 4. Two GPU jobs at once: two processes started together, each training on the GPU; both must finish, and
    their wall-clock intervals overlap.
+5. GPU slots (nb360.devices, what the workflow's training jobs do): two processes claim a GPU at once; each
+   must see exactly one device. With two or more GPUs they get different ones and run together; with one,
+   the second waits until the first has released it.
 
 Usage: ``python benchmarks/cuda_check.py --shards results/shards`` (the shards of cifar100, darcy and
 satellite built beforehand). Prints one line per check and a JSON summary; exits non-zero if a check fails.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nb360.devices import claim_device, visible_gpus
 from nb360.methods import RunContext, get_method
 from nb360.models import create_model
 from nb360.runs import write_arch
@@ -85,6 +90,34 @@ def one_job(shards: Path, index: int) -> None:
     print(json.dumps({"job": index, "start": start, "end": time.perf_counter(), **r}))
 
 
+def slot_jobs(shards: Path, slots: Path) -> dict:
+    """Two processes claiming a GPU through :func:`nb360.devices.claim_device` at the same time."""
+    cmd = [sys.executable, __file__, "--shards", str(shards), "--slot-job"]
+    env = {**os.environ, "NB360_GPU_SLOTS_DIR": str(slots)}
+    procs = [subprocess.Popen([*cmd, str(i)], stdout=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    (a0, a1), (b0, b1) = ((o["start"], o["end"]) for o in outs)
+    overlap = max(0.0, min(a1, b1) - max(a0, b0))
+    gpus = len(visible_gpus()[0])
+    ok = all(p.returncode == 0 for p in procs) and all(o["visible"] == 1 for o in outs)
+    if gpus >= 2:
+        ok = ok and outs[0]["gpu"] != outs[1]["gpu"] and overlap > 0
+    else:
+        ok = ok and outs[0]["gpu"] == outs[1]["gpu"] and overlap == 0
+    return {"ok": ok, "gpus": gpus, "jobs": outs, "overlap_s": round(overlap, 2)}
+
+
+def one_slot_job(shards: Path, index: int) -> None:
+    with claim_device("auto") as placement:
+        start = time.time()
+        visible = torch.cuda.device_count()  # after the claim: CUDA sees only the claimed GPU
+        r = wrn_fit(shards, "cifar100", True, epochs=1, batch=128)
+        end = time.time()
+    print(
+        json.dumps({"job": index, "gpu": placement.gpu, "visible": visible, "start": start, "end": end, **r})
+    )
+
+
 def finite(metrics: dict) -> bool:
     return bool(metrics) and all(math.isfinite(v) for v in metrics.values())
 
@@ -93,9 +126,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=Path, default=Path("results/shards"))
     ap.add_argument("--job", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--slot-job", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.job is not None:
         one_job(args.shards, args.job)
+        return 0
+    if args.slot_job is not None:
+        one_slot_job(args.shards, args.slot_job)
         return 0
     if not torch.cuda.is_available():
         print("no CUDA device")
@@ -123,6 +160,14 @@ def main() -> int:
     summary["two_jobs"] = jobs
     print(f"two GPU jobs at once: overlap {jobs['overlap_s']} s, {jobs}", flush=True)
     checks["two_jobs"] = jobs["ok"] and jobs["overlap_s"] > 0
+    with tempfile.TemporaryDirectory() as slots:
+        slotted = slot_jobs(args.shards, Path(slots))
+    summary["gpu_slots"] = slotted
+    print(
+        f"GPU slots, two jobs on {slotted['gpus']} GPU(s): overlap {slotted['overlap_s']} s, {slotted}",
+        flush=True,
+    )
+    checks["gpu_slots"] = slotted["ok"]
     print(json.dumps({"checks": checks, **summary}))
     return 0 if all(checks.values()) else 1
 
