@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,16 @@ from nb360.tasks import get_task
 REPO = Path(__file__).resolve().parents[1]
 # Pinned PyPI artefacts are cached where `make run` caches them, so CI downloads each once.
 PYPI_CACHE = Path(os.environ.get("NB360_PYPI_CACHE", REPO / "resources" / "pypi"))
+
+
+def lock_pins() -> dict[str, str]:
+    """Package (normalised name) -> version pinned in requirements.lock."""
+    pins = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        name, sep, version = line.split("#")[0].strip().partition("==")
+        if sep:
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version.strip()
+    return pins
 
 
 @pytest.fixture(scope="session")

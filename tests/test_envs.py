@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, lock_pins
 
 RULE = re.compile(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", re.M | re.S)
 DIRECTIVE = re.compile(r'^    (conda|script):\n\s+"([^"]+)"', re.M)
@@ -55,15 +55,6 @@ def _env_pins(env: Path) -> dict[str, str]:
             name = _norm(name)
             if name not in NOT_PACKAGES:
                 pins[CONDA_TO_PYPI.get(name, name)] = version
-    return pins
-
-
-def _lock() -> dict[str, str]:
-    pins = {}
-    for line in (REPO / "requirements.lock").read_text().splitlines():
-        if "==" in line and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[_norm(name)] = version.strip()
     return pins
 
 
@@ -110,7 +101,7 @@ def test_every_environment_file_is_used_by_a_rule():
 
 @pytest.mark.parametrize("env", ENVS)
 def test_environment_pins_are_exact_and_those_of_the_lock(env):
-    lock = _lock()
+    lock = lock_pins()
     for package, version in _env_pins(REPO / env).items():
         assert version, f"{env}: {package} is not pinned to a version"
         assert package in lock, f"{env}: {package} is not in requirements.lock"

@@ -20,19 +20,15 @@ import pandas as pd
 import pytest
 
 from nb360.resources import job_resources
-from tests.conftest import REPO
+from tests.conftest import REPO, lock_pins
 from tests.slurm_cluster import LocalSlurm, missing_binaries, unavailable_reason
 from tests.test_workflow import _config, _snakemake_cmd, _workdir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 # The executor plugin stays out of the project's venv: installed, every Snakemake start asks
-# `scontrol show config` (10 s timeout) wherever a SLURM client exists. Pins: requirements.lock, else these.
-PLUGINS = {
-    "snakemake-executor-plugin-slurm": "2.8.0",
-    "snakemake-executor-plugin-slurm-jobstep": "0.6.1",
-    "throttler": "1.2.3",
-}
+# `scontrol show config` (10 s timeout) wherever a SLURM client exists. Versions: requirements.lock.
+PLUGINS = ("snakemake-executor-plugin-slurm", "snakemake-executor-plugin-slurm-jobstep", "throttler")
 TASK = "satellite"
 # Three training jobs that ask for a GPU (random_search's search, then wrn's and random_search's retraining;
 # the first two run side by side on the cluster's two GPUs) and one that asks for none (trivial's retrain).
@@ -68,13 +64,10 @@ def _require_cluster() -> None:
 
 
 def _plugin_pins() -> dict[str, str]:
-    pins = dict(PLUGINS)
-    lock = REPO / "requirements.lock"
-    for line in lock.read_text().splitlines() if lock.exists() else []:
-        name, sep, version = line.split("#")[0].strip().partition("==")
-        if sep and name.lower() in pins:
-            pins[name.lower()] = version.strip()
-    return pins
+    lock = lock_pins()
+    missing = [name for name in PLUGINS if name not in lock]
+    assert not missing, f"requirements.lock lacks pins of {', '.join(missing)} (run `make setup-slurm lock`)"
+    return {name: lock[name] for name in PLUGINS}
 
 
 def _install_plugins(target: Path) -> Path:
