@@ -7,6 +7,7 @@ import torch
 
 from nb360.data.loader import EpochBatchSampler, ShardDataset, make_loader
 from nb360.data.shards import (
+    MANIFEST_FORMAT,
     ShardError,
     SplitData,
     read_manifest,
@@ -25,7 +26,7 @@ def _toy(tmp_path, n=10, per_shard=4):
     out = tmp_path / "satellite"
     entry = write_split_shards(out, "satellite", "train", data, per_shard)
     manifest = {
-        "format": "nb360-manifest/1",
+        "format": MANIFEST_FORMAT,
         "task": "satellite",
         "splits": {"train": entry},
         "normaliser": {},

@@ -16,11 +16,20 @@ One shard file holds ``n_items`` items of one split:
 Attributes on the root: ``format``, ``task``, ``split``, ``shard``, ``n_items``.
 Every file is written under a temporary name and renamed when complete; the manifest is written last, so a
 killed job never leaves a manifest that points at missing or partial shards.
+
+Integrity: a flipped bit must be an error, never a silently different number. Every dataset is chunked with
+HDF5's Fletcher-32 filter, which HDF5 verifies on every chunk it reads (in-memory loads, streamed reads,
+DataLoader workers alike); the file is written in the HDF5 1.10 format, whose superblock, object headers
+(attributes, links, layouts) and chunk indexes carry their own checksums; string attributes are fixed-length,
+so they live in the checksummed object header rather than in the (unchecked) global heap. A shard loaded into
+memory is also hashed once and compared with the sha256 in the manifest. HDF5's bare checksum errors are
+re-raised as :class:`ShardError` naming the file and the fix.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,16 +40,32 @@ from typing import Any
 import h5py
 import numpy as np
 
-SHARD_FORMAT = "nb360-shard/1"
-MANIFEST_FORMAT = "nb360-manifest/1"
+# Version 2: Fletcher-32 on every dataset, HDF5 1.10 file format (checksummed metadata), fixed-length string
+# attributes. Version-1 files carry no checksums and are rejected (rebuild).
+SHARD_FORMAT = "nb360-shard/2"
+MANIFEST_FORMAT = "nb360-manifest/2"
 MANIFEST_NAME = "manifest.json"
 # Target bytes per HDF5 chunk for row datasets: a chunk never spans more than a handful of items, so a
 # random read of one item decompresses (we do not compress) and reads little besides it.
 _CHUNK_TARGET_BYTES = 256 * 1024
+# HDF5 file-format bounds: 1.10 objects checksum all their metadata; pinned so files do not change with h5py.
+_LIBVER = ("v110", "v110")
 
 
 class ShardError(RuntimeError):
     """A shard or manifest is missing, truncated or corrupt. The message names the file and the fix."""
+
+
+def rebuild_hint(shard_dir: str | os.PathLike) -> str:
+    """The fix for a bad shard or manifest of the task in ``shard_dir``: rebuild with the user's own command.
+
+    (Not ``make data``: that ignores a config overlay, and would build the shards somewhere else.)
+    """
+    manifest = Path(shard_dir) / MANIFEST_NAME
+    return (
+        f"delete {manifest} and rerun the workflow with the same command and --configfile you used; "
+        f"Snakemake then rebuilds {manifest} and the shards next to it"
+    )
 
 
 @dataclass
@@ -91,12 +116,30 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _row_chunks(arr: np.ndarray) -> tuple[int, ...] | None:
-    if arr.ndim == 0 or len(arr) == 0:
-        return None
-    row_bytes = max(1, arr[0].nbytes)
+def _row_chunks(arr: np.ndarray) -> tuple[int, ...]:
+    """Whole rows per chunk, about _CHUNK_TARGET_BYTES each (at least one row; one for empty arrays)."""
+    if arr.ndim == 0:
+        raise ValueError("shard datasets have a leading item (or row) dimension; got a scalar")
+    row_bytes = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize)
     rows = int(max(1, min(len(arr), _CHUNK_TARGET_BYTES // row_bytes)))
-    return (rows, *arr.shape[1:])
+    return (rows, *(max(1, d) for d in arr.shape[1:]))
+
+
+def _create_dataset(group: h5py.Group, name: str, arr: np.ndarray) -> None:
+    """A chunked dataset with Fletcher-32 checksums (HDF5 filters need chunking, even for small arrays)."""
+    arr = np.ascontiguousarray(arr)
+    # A chunk may not exceed a fixed dimension of size 0: empty dimensions are declared extendible.
+    maxshape = tuple(None if d == 0 else d for d in arr.shape)
+    group.create_dataset(name, data=arr, chunks=_row_chunks(arr), maxshape=maxshape, fletcher32=True)
+
+
+def _attr_value(value: Any) -> Any:
+    # Fixed-length bytes: stored in the (checksummed) object header, unlike h5py's variable-length str.
+    return np.bytes_(value.encode()) if isinstance(value, str) else value
+
+
+def _decoded_attrs(attrs: h5py.AttributeManager) -> dict[str, Any]:
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
 
 
 def write_shard(path: str | os.PathLike, data: SplitData, attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,29 +148,28 @@ def write_shard(path: str | os.PathLike, data: SplitData, attrs: Mapping[str, An
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     n = len(data)
-    with h5py.File(tmp, "w") as f:
-        f.attrs["format"] = SHARD_FORMAT
+    with h5py.File(tmp, "w", libver=_LIBVER) as f:
+        f.attrs["format"] = _attr_value(SHARD_FORMAT)
         f.attrs["n_items"] = n
         for k, v in attrs.items():
-            f.attrs[k] = v
+            f.attrs[k] = _attr_value(v)
         g = f.create_group("items")
         for name, arr in data.items.items():
-            arr = np.ascontiguousarray(arr)
-            g.create_dataset(name, data=arr, chunks=_row_chunks(arr))
+            _create_dataset(g, name, arr)
         g = f.create_group("ragged")
         for name, seq in data.ragged.items():
             lengths = np.array([len(a) for a in seq], dtype=np.int64)
             offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
             values = np.concatenate(seq, axis=0) if seq else np.zeros((0,), np.float32)
             sub = g.create_group(name)
-            sub.create_dataset("values", data=values, chunks=_row_chunks(values))
-            sub.create_dataset("offsets", data=offsets)
+            _create_dataset(sub, "values", values)
+            _create_dataset(sub, "offsets", offsets)
         g = f.create_group("tables")
         for name, t in data.tables.items():
             t = np.asarray(t, dtype=np.int64)
             if t.ndim != 2 or (len(t) and (t[:, 0].min() < 0 or t[:, 0].max() >= n)):
                 raise ValueError(f"table {name!r} must be 2D with an item index (0..{n - 1}) in column 0")
-            g.create_dataset(name, data=t)
+            _create_dataset(g, name, t)
     os.replace(tmp, path)
     return {"file": path.name, "n_items": n, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
@@ -178,17 +220,21 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         path = path / MANIFEST_NAME
     if not path.exists():
         raise ShardError(
-            f"shard manifest {path} does not exist; build the shards first "
-            f"(`snakemake {path}` or `make data`)"
+            f"shard manifest {path} does not exist; build the shards first: run the workflow with the "
+            f"command and --configfile you use (Snakemake builds {path})"
         )
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ShardError(
-            f"shard manifest {path} is not valid JSON ({e}); delete it and rebuild the shards"
-        ) from e
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ShardError(f"{path} is not an nb360 manifest (format {manifest.get('format')!r})")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ShardError(f"shard manifest {path} is not valid JSON ({e}); {rebuild_hint(path.parent)}") from e
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt != MANIFEST_FORMAT:
+        if isinstance(fmt, str) and fmt.startswith("nb360-manifest/"):
+            raise ShardError(
+                f"shard manifest {path} has format {fmt!r}, this version reads {MANIFEST_FORMAT!r} "
+                f"(shards with per-chunk checksums); rebuild: {rebuild_hint(path.parent)}"
+            )
+        raise ShardError(f"{path} is not an nb360 manifest (format {fmt!r})")
     manifest["_dir"] = str(path.parent)
     return manifest
 
@@ -202,7 +248,7 @@ def verify_shards(manifest: Mapping[str, Any], checksum: bool = True) -> None:
 
 
 def _check_shard_file(path: Path, entry: Mapping[str, Any], checksum: bool) -> None:
-    fix = f"delete {path.parent / MANIFEST_NAME} and rebuild the shards (`make data`)"
+    fix = rebuild_hint(path.parent)
     if not path.exists():
         raise ShardError(f"shard {path} listed in the manifest is missing; {fix}")
     size = path.stat().st_size
@@ -215,11 +261,26 @@ def _check_shard_file(path: Path, entry: Mapping[str, Any], checksum: bool) -> N
         raise ShardError(f"shard {path} does not match its sha256 in the manifest (corrupt); {fix}")
 
 
+def _members(group: h5py.Group) -> dict[str, Any]:
+    # Not group.items(): h5py turns a member that fails to open (e.g. a bad header checksum) into None.
+    return {name: group[name] for name in group}
+
+
+def _unreadable(path: Path, err: BaseException) -> ShardError:
+    """A ShardError for an HDF5 error while reading ``path`` (h5py's messages do not name the file)."""
+    return ShardError(
+        f"shard {path} cannot be read, HDF5 says: {err}; every chunk and all metadata of a shard carry "
+        f"checksums, so the file is damaged (or is not a shard of this layout); {rebuild_hint(path.parent)}"
+    )
+
+
 class ShardArrays:
     """Read access to one shard, held in memory or streamed from the HDF5 file.
 
     Streamed shards open their file lazily in the process that reads (h5py handles do not survive
-    pickling or forking), so a dataset built on them can be used by DataLoader workers.
+    pickling or forking), so a dataset built on them can be used by DataLoader workers. Every read is
+    checked: a shard held in memory is hashed against the manifest's sha256 (when given ``entry``), and HDF5
+    verifies each chunk's Fletcher-32 checksum as it reads it; a failure raises :class:`ShardError`.
     """
 
     def __init__(
@@ -233,23 +294,41 @@ class ShardArrays:
         self.in_memory = in_memory
         self._file: h5py.File | None = None
         self._mem: dict[str, Any] | None = None
+        source: str | io.BytesIO = str(self.path)
+        if in_memory:
+            # The whole file is read anyway: hash the very bytes that are parsed (one read, no window
+            # between the check and the use).
+            raw = self.path.read_bytes()
+            if entry is not None and hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+                raise ShardError(
+                    f"shard {self.path} does not match its sha256 in the manifest (corrupt); "
+                    f"{rebuild_hint(self.path.parent)}"
+                )
+            source = io.BytesIO(raw)
         try:
-            with h5py.File(self.path, "r") as f:
-                self.n_items = int(f.attrs["n_items"])
-                self.attrs = dict(f.attrs)
+            with h5py.File(source, "r") as f:
+                self.attrs = _decoded_attrs(f.attrs)
+                if self.attrs.get("format") != SHARD_FORMAT:
+                    raise ShardError(
+                        f"shard {self.path} has format {self.attrs.get('format')!r}, this version reads "
+                        f"{SHARD_FORMAT!r} (files with per-chunk checksums); it was written by an older "
+                        f"version: rebuild: {rebuild_hint(self.path.parent)}"
+                    )
+                self.n_items = int(self.attrs["n_items"])
+                ragged = _members(f["ragged"])
                 if in_memory:
                     self._mem = {
-                        "items": {k: v[()] for k, v in f["items"].items()},
-                        "ragged": {k: (g["values"][()], g["offsets"][()]) for k, g in f["ragged"].items()},
-                        "tables": {k: v[()] for k, v in f["tables"].items()},
+                        "items": {k: v[()] for k, v in _members(f["items"]).items()},
+                        "ragged": {k: (g["values"][()], g["offsets"][()]) for k, g in ragged.items()},
+                        "tables": {k: v[()] for k, v in _members(f["tables"]).items()},
                     }
-                self._ragged_offsets = {k: g["offsets"][()] for k, g in f["ragged"].items()}
-                self._tables = {k: v[()] for k, v in f["tables"].items()}
-        except (OSError, KeyError) as e:
-            raise ShardError(
-                f"shard {self.path} cannot be read ({e}); it is truncated or corrupt: delete the task's "
-                "manifest.json and rebuild the shards (`make data`)"
-            ) from e
+                    self._ragged_offsets = {k: v[1] for k, v in self._mem["ragged"].items()}
+                    self._tables = self._mem["tables"]
+                else:
+                    self._ragged_offsets = {k: g["offsets"][()] for k, g in ragged.items()}
+                    self._tables = {k: v[()] for k, v in _members(f["tables"]).items()}
+        except (OSError, KeyError, ValueError) as e:
+            raise _unreadable(self.path, e) from e
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -259,30 +338,39 @@ class ShardArrays:
     def _h5(self) -> h5py.File:
         if self._file is None:
             # A larger chunk cache than HDF5's 1 MiB default keeps recently read chunks of every dataset.
-            self._file = h5py.File(self.path, "r", rdcc_nbytes=64 * 1024 * 1024, rdcc_nslots=10007)
+            try:
+                self._file = h5py.File(self.path, "r", rdcc_nbytes=64 * 1024 * 1024, rdcc_nslots=10007)
+            except (OSError, KeyError) as e:
+                raise _unreadable(self.path, e) from e
         return self._file
 
     @property
     def item_names(self) -> list[str]:
         if self._mem is not None:
             return list(self._mem["items"])
-        return list(self._h5()["items"])
+        try:
+            return list(self._h5()["items"])
+        except (OSError, KeyError) as e:  # h5py: KeyError when an object header fails
+            raise _unreadable(self.path, e) from e
 
     def items(self, name: str, idx: np.ndarray | slice | None = None) -> np.ndarray:
         """Rows ``idx`` of item dataset ``name`` (any order; duplicates allowed)."""
         if self._mem is not None:
             arr = self._mem["items"][name]
             return arr if idx is None else arr[idx]
-        ds = self._h5()["items"][name]
-        if idx is None or isinstance(idx, slice):
-            return ds[idx if idx is not None else ()]
-        idx = np.asarray(idx)
-        uniq, inverse = np.unique(idx, return_inverse=True)
-        # h5py fancy selections must be increasing; contiguous runs read as one slice.
-        if len(uniq) and uniq[-1] - uniq[0] + 1 == len(uniq):
-            block = ds[int(uniq[0]) : int(uniq[-1]) + 1]
-        else:
-            block = ds[uniq]
+        try:
+            ds = self._h5()["items"][name]
+            if idx is None or isinstance(idx, slice):
+                return ds[idx if idx is not None else ()]
+            idx = np.asarray(idx)
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            # h5py fancy selections must be increasing; contiguous runs read as one slice.
+            if len(uniq) and uniq[-1] - uniq[0] + 1 == len(uniq):
+                block = ds[int(uniq[0]) : int(uniq[-1]) + 1]
+            else:
+                block = ds[uniq]
+        except (OSError, KeyError) as e:  # e.g. a chunk that fails its Fletcher-32 checksum
+            raise _unreadable(self.path, e) from e
         return block[inverse]
 
     def ragged(self, name: str, i: int) -> np.ndarray:
@@ -290,7 +378,10 @@ class ShardArrays:
         a, b = int(off[i]), int(off[i + 1])
         if self._mem is not None:
             return self._mem["ragged"][name][0][a:b]
-        return self._h5()["ragged"][name]["values"][a:b]
+        try:
+            return self._h5()["ragged"][name]["values"][a:b]
+        except (OSError, KeyError) as e:  # h5py: KeyError when an object header fails
+            raise _unreadable(self.path, e) from e
 
     def ragged_length(self, name: str, i: int) -> int:
         off = self._ragged_offsets[name]
@@ -307,7 +398,7 @@ class ShardArrays:
 def open_shards(
     manifest: Mapping[str, Any], splits: Sequence[str], in_memory: bool = True
 ) -> list[ShardArrays]:
-    """Every shard of ``splits`` (size-checked against the manifest), in manifest order."""
+    """Every shard of ``splits`` (size-checked against the manifest; sha256-checked when held in memory)."""
     return [
         ShardArrays(path, entry, in_memory=in_memory) for path, entry in iter_split_shards(manifest, splits)
     ]
