@@ -1,11 +1,13 @@
+import gc
 import json
+import weakref
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from nb360.data.loader import EpochBatchSampler, ShardDataset, make_loader
+from nb360.data.loader import EpochBatchSampler, ShardDataset, _LazyRng, make_loader
 from nb360.data.shards import (
     MANIFEST_FORMAT,
     ShardError,
@@ -107,3 +109,31 @@ def test_stale_shards_are_removed_and_manifest_written_last(tmp_path):
     write_manifest(mpath.parent, manifest)
     assert not stale.exists()
     assert not list(mpath.parent.glob(".*tmp*"))
+
+
+def test_sampler_order_is_the_same_with_the_full_pool_given():
+    a = EpochBatchSampler(10, 3, shuffle=True, seed=7)
+    b = EpochBatchSampler(10, 3, shuffle=True, seed=7, pool=np.arange(10))
+    for _ in range(3):
+        assert [(k, i.tolist()) for k, i in a] == [(k, i.tolist()) for k, i in b]
+
+
+def test_lazy_rng_draws_as_a_generator_and_only_when_used():
+    lazy = _LazyRng((7, 2, 5))
+    assert "_gen" not in lazy.__dict__  # nothing seeded until a batch draws
+    gen = np.random.default_rng([7, 2, 5])
+    got = [lazy.integers(0, 100), lazy.random(), lazy.integers(0, 100, size=3).tolist(), lazy.uniform()]
+    assert got == [gen.integers(0, 100), gen.random(), gen.integers(0, 100, size=3).tolist(), gen.uniform()]
+    with pytest.raises(AttributeError):
+        lazy.__deepcopy__  # noqa: B018 (probes for special methods are not generator attributes)
+
+
+def test_loader_keeps_no_reference_to_a_batch_it_handed_out(tmp_path):
+    _, mpath = _toy(tmp_path)
+    it = iter(make_loader(mpath, ["train"], 3, train=True, seed=7))
+    batch = next(it)
+    gone = weakref.ref(batch["x"])
+    del batch
+    gc.collect()
+    assert gone() is None  # so the next batch can reuse its memory instead of faulting in fresh pages
+    assert next(it)["x"].shape == (3, 1, 2)

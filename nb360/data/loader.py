@@ -100,17 +100,23 @@ class ShardDataset(Dataset):
 
 
 class _LazyRng:
-    """A ``numpy.random.Generator`` seeded by ``key``, created only when a batch first draws from it."""
+    """A ``numpy.random.Generator`` seeded by ``key``, created only when a batch first draws from it.
 
-    __slots__ = ("_gen", "_key")
+    Each attribute is looked up on the generator once and then kept on the instance, so repeated draws
+    (FSD50K makes dozens per sample) cost what they cost on a plain generator, not a ``__getattr__`` call.
+    """
 
     def __init__(self, key: tuple[int, ...]):
-        self._key, self._gen = key, None
+        self._key = key
 
-    def __getattr__(self, name: str) -> Any:
-        if self._gen is None:
-            self._gen = np.random.default_rng(list(self._key))
-        return getattr(self._gen, name)
+    def __getattr__(self, name: str) -> Any:  # only for names not yet in the instance's __dict__
+        if name.startswith("__"):  # copy/pickle probes: not generator attributes
+            raise AttributeError(name)
+        gen = self.__dict__.get("_gen")
+        if gen is None:
+            gen = self.__dict__["_gen"] = np.random.default_rng(list(self._key))
+        value = self.__dict__[name] = getattr(gen, name)
+        return value
 
 
 class EpochBatchSampler(Sampler):
@@ -133,6 +139,7 @@ class EpochBatchSampler(Sampler):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.pool = np.arange(n, dtype=np.int64) if pool is None else np.asarray(pool, dtype=np.int64)
+        self._all = pool is None
         self.n, self.batch_size, self.shuffle, self.seed, self.drop_last = (
             len(self.pool),
             batch_size,
@@ -152,7 +159,8 @@ class EpochBatchSampler(Sampler):
         epoch = self.epoch
         self.epoch += 1
         if self.shuffle:
-            order = self.pool[np.random.default_rng([self.seed, epoch]).permutation(self.n)]
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            order = perm if self._all else self.pool[perm]  # the same order; skips a gather of n indices
         else:
             order = self.pool
         for b in range(len(self)):
@@ -171,9 +179,13 @@ class ShardLoader:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        # No local name for the batch: a suspended generator would keep the batch it handed out alive while
+        # it builds the next one, so every batch would land in freshly mapped (page-faulting) memory.
         for item in self.sampler:
-            batch = self.dataset[item]
-            yield {k: v.pin_memory() for k, v in batch.items()} if self.pin_memory else batch
+            if self.pin_memory:
+                yield {k: v.pin_memory() for k, v in self.dataset[item].items()}
+            else:
+                yield self.dataset[item]
 
 
 def make_loader(
