@@ -6,14 +6,14 @@ For each task with built shards (build them first with the workflow, e.g. ``make
   ``make_batch`` straight from them, with the same inputs the loader gives it in training (the auxiliary
   splits in RAM, e.g. FSD50K's background noise; a seeded generator), but no loader and no files: the
   ceiling for any loader;
-* **loader**: the training loader exactly as training uses it (``make_loader``: DataLoader, seeded batch
+* **loader**: the training loader as training uses it (``make_loader``: in-process loader, seeded batch
   sampler, shards opened from disk and held in memory when they fit);
 * **streamed**: the same loader forced to read every batch from the HDF5 files (what tasks too large for
   RAM get), reported in samples/s.
 
-The three are timed in alternating rounds, so that load from other processes on a shared machine falls on
-all of them alike. It prints ``loader / memory`` per task; the target is at least 0.9 for
-tasks that fit in memory.
+The three are timed in 8 alternating rounds, so that load from other processes on a shared machine falls on
+all of them alike; rates are medians over rounds, and ``loader / memory`` is the median of the per-round
+ratios. The target is at least 0.9 for tasks that fit in memory.
 
     python benchmarks/loader_throughput.py [--shard-dir results/shards] [--seconds 2] [--tasks a b]
 """
@@ -40,23 +40,21 @@ BATCH = {"satellite": 4096, "fsd50k": 256, "ecg": 256, "deepsea": 256, "darcy": 
 
 def _rates(
     fns: dict[str, Callable[[int], None]], n_batches: int, batch: int, seconds: float, rounds: int = 8
-) -> dict[str, float]:
-    """Samples per second of each ``fn(i)`` over whole passes of ``n_batches`` batches: ``rounds`` rounds
-    in which each function in turn runs for at least ``seconds / rounds``."""
+) -> dict[str, list[float]]:
+    """Samples per second of each ``fn(i)`` in each of ``rounds`` rounds, in which each function in turn
+    runs whole passes over ``n_batches`` batches for at least ``seconds / rounds``."""
     for fn in fns.values():
         fn(0)  # warm-up (page cache, lazy opens)
-    spent = dict.fromkeys(fns, 0.0)
-    done = dict.fromkeys(fns, 0)
+    rates: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            t0 = t = time.perf_counter()
-            while t - t0 < seconds / rounds:
+            done, t0 = 0, time.perf_counter()
+            while (t := time.perf_counter()) - t0 < seconds / rounds or not done:
                 for i in range(n_batches):
                     fn(i)
-                done[name] += n_batches * batch
-                t = time.perf_counter()
-            spent[name] += t - t0
-    return {name: done[name] / spent[name] for name in fns}
+                done += n_batches * batch
+            rates[name].append(done / (t - t0))
+    return rates
 
 
 def bench_task(shard_dir: Path, task: str, seconds: float) -> dict[str, float]:
@@ -103,7 +101,10 @@ def bench_task(shard_dir: Path, task: str, seconds: float) -> dict[str, float]:
         streamed.batch(batches[i], key=(0, i))
 
     r = _rates({"memory": memory, "loader": via_loader, "streamed": via_stream}, n_batches, batch, seconds)
-    return {"batch": batch, **r, "ratio": r["loader"] / r["memory"]}
+    # The ratio pairs the loader with the memory baseline of the same round (timed back to back), and takes
+    # the median over rounds: a burst of load from other processes moves one round, not the result.
+    ratio = float(np.median(np.array(r["loader"]) / np.array(r["memory"])))
+    return {"batch": batch, **{k: float(np.median(v)) for k, v in r.items()}, "ratio": ratio}
 
 
 def main(argv: list[str] | None = None) -> int:
