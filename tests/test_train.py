@@ -68,7 +68,8 @@ def test_corrupt_checkpoint_names_the_file(embedded, tmp_path):
 def test_losses_by_hand():
     darcy = get_task("darcy")
     s = 85
-    normaliser = {"eps": 0.0, "train": {"y_mean": np.full((s, s), 1.0), "y_std": np.full((s, s), 2.0)}}
+    stats = {"y_mean": np.full((s, s), 1.0), "y_std": np.full((s, s), 2.0)}
+    normaliser = {"eps": 0.0, "ddof": 1, "train": stats}
     rel = make_loss(darcy, normaliser, ("train",))
     out = torch.zeros(2, 1, s, s)  # decodes to 1 everywhere
     y = torch.stack([torch.full((1, s, s), 2.0), torch.full((1, s, s), 4.0)])
