@@ -26,13 +26,16 @@ Decisions where the official code is ambiguous or buggy (nb360.md 1.2b):
   class in the targets are skipped with a warning.
 * Darcy: the mean over samples (the official code averages per-batch means).
 
-Degenerate inputs for which a metric is undefined (no positive clip in FSD50K, no positive or no negative
-pixel in Cosmic, no two-class label in DeepSEA, an empty evaluation set) raise ``ValueError`` rather than
-return NaN.
+Degenerate inputs for which a metric is undefined (no positive clip in FSD50K, no positive pixel in Cosmic,
+no two-class label in DeepSEA, an empty evaluation set) raise ``ValueError`` rather than return NaN. One
+exception: a Cosmic mask with positive but no negative pixels still has an FNR (FN / (FN + TP) needs positives
+only), so ``cosmic_scores`` returns it and reports ``one_minus_auroc`` as NaN with a ``RuntimeWarning``
+(AUROC needs both classes); a search that selects on it then ranks that candidate last.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -157,7 +160,8 @@ def cosmic_scores(logits: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Pixelwise Cosmic scores of the binarised prediction (raw logit > 0.5, strictly) against the binary
     cosmic-ray mask, counts summed over all pixels of all images: ``fnr_pct`` = 100 FN / (FN + TP) and
     ``one_minus_auroc`` = 1 - AUROC of the binary scores = 1 - (TPR + TNR) / 2 (what scikit-learn's
-    ``roc_auc_score`` gives on them)."""
+    ``roc_auc_score`` gives on them). No positive pixel: ``ValueError`` (neither is defined); no negative
+    pixel: the FNR, and ``one_minus_auroc`` NaN with a ``RuntimeWarning``."""
     logits, mask = np.asarray(logits), np.asarray(mask)
     if logits.shape != mask.shape:
         raise ValueError(f"cosmic_scores: logits shape {logits.shape} != mask shape {mask.shape}")
@@ -168,10 +172,20 @@ def cosmic_scores(logits: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     fn = int(np.count_nonzero(gt)) - tp
     fp = int(np.count_nonzero(pred)) - tp
     tn = gt.size - tp - fn - fp
-    if tp + fn == 0 or tn + fp == 0:
-        raise ValueError("cosmic_scores: the mask needs positive and negative pixels; AUROC is undefined")
-    tpr, tnr = tp / (tp + fn), tn / (tn + fp)
-    return {"one_minus_auroc": float(1.0 - (tpr + tnr) / 2.0), "fnr_pct": float(100.0 * (1.0 - tpr))}
+    if tp + fn == 0:
+        raise ValueError("cosmic_scores: the mask has no positive pixel; FNR and AUROC are undefined")
+    tpr = tp / (tp + fn)
+    if tn + fp == 0:
+        warnings.warn(
+            "cosmic_scores: the mask has no negative pixel; AUROC is undefined, one_minus_auroc is NaN "
+            "(the FNR is defined and returned)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        one_minus_auroc = math.nan
+    else:
+        one_minus_auroc = 1.0 - (tpr + tn / (tn + fp)) / 2.0
+    return {"one_minus_auroc": float(one_minus_auroc), "fnr_pct": float(100.0 * (1.0 - tpr))}
 
 
 def vote_records(pred: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

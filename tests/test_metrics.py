@@ -4,6 +4,7 @@ evaluation batches."""
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -247,8 +248,18 @@ def test_cosmic_auroc_agrees_with_sklearn_on_random_frames():
         assert got["fnr_pct"] == pytest.approx(100 * (1 - tpr))
 
 
+def test_cosmic_fnr_without_negative_pixels_auroc_reported_as_nan():
+    # every pixel is a cosmic ray: FNR = FN / (FN + TP) needs positives only; AUROC needs both classes
+    logits = np.array([[[0.9, 0.2], [0.6, 0.5]]])  # TP 2 (0.9, 0.6), FN 2 (0.2, 0.5 not > 0.5)
+    with pytest.warns(RuntimeWarning, match="no negative pixel"):
+        got = cosmic_scores(logits, np.ones_like(logits))
+    assert got["fnr_pct"] == pytest.approx(50.0) and math.isnan(got["one_minus_auroc"])
+    with pytest.warns(RuntimeWarning):
+        assert score("cosmic", {"pred": logits, "y": np.ones_like(logits)})["fnr_pct"] == pytest.approx(50.0)
+
+
 def test_cosmic_degenerate_or_soft_masks_are_errors():
-    with pytest.raises(ValueError, match="positive and negative"):
+    with pytest.raises(ValueError, match="no positive pixel"):
         cosmic_scores(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)))
     with pytest.raises(ValueError, match="binary"):
         cosmic_scores(np.zeros((1, 2, 2)), np.full((1, 2, 2), 0.3))
