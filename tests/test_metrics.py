@@ -214,6 +214,19 @@ def test_psicov_score_cuts_each_protein_with_its_own_length():
     assert score("psicov", outputs)["mae8"] == pytest.approx((1.0 + 1.5) / 2)
 
 
+def test_psicov_score_takes_per_protein_canvases_of_different_sizes():
+    """Batches with different canvas sizes come as per-protein lists (nb360.train.loop.predict)."""
+    preds, targets = _psicov_case()
+    small = _psicov_canvas(preds[:2], targets[:2], size=40)
+    big = _psicov_canvas(preds[2:], targets[2:], size=64)
+    outputs = {k: [*small[k], *big[k]] for k in ("pred", "y", "mask")}
+    outputs["length"] = np.concatenate([small["length"], big["length"]])
+    assert score("psicov", outputs) == {"mae8": pytest.approx(PSICOV_EXPECTED)}
+    outputs["y"][2] = outputs["y"][2][:, :40, :40]
+    with pytest.raises(ValueError, match="protein 2: canvases"):
+        score("psicov", outputs)
+
+
 # -----------------------------------------------------------------------------------------------------------
 # Cosmic
 

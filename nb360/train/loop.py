@@ -214,8 +214,9 @@ def predict(
     normaliser: Mapping[str, Any],
     fit_splits: tuple[str, ...],
     accel: _Accelerator | None = None,
-) -> dict[str, np.ndarray]:
-    """Model outputs (decoded to target units) and the batches' targets, concatenated in loader order."""
+) -> dict[str, np.ndarray | list[np.ndarray]]:
+    """Model outputs (decoded to target units) and the batches' targets, concatenated in loader order
+    (:func:`_join`: per-sample lists where batches differ in shape, as PSICOV's evaluation canvases)."""
     accel = accel or _Accelerator(next(model.parameters(), torch.zeros(0)).device, spec.dim)
     model.eval()
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
@@ -230,7 +231,15 @@ def predict(
         for k, v in batch.items():
             if k != "x":
                 parts[k].append(v.numpy())
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return {k: _join(v) for k, v in parts.items()}
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """The batches' arrays concatenated; where their shapes differ past the batch axis (PSICOV's evaluation
+    canvas grows for a protein over 502 residues), the list of the per-sample arrays instead."""
+    if len({p.shape[1:] for p in parts}) <= 1:
+        return np.concatenate(parts)
+    return [sample for p in parts for sample in p]
 
 
 def evaluate(
