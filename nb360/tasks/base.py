@@ -75,6 +75,19 @@ class Splits:
 
 
 @dataclass(frozen=True)
+class RealCounts:
+    """Items per split of the complete official release, checked when shards are built from real data.
+
+    A file cut short can still read without error (a tar cut at a member boundary), so the counts are the
+    one check that catches it. Splits missing from ``splits`` are not checked; ``unchecked`` says why.
+    """
+
+    splits: Mapping[str, int] = field(default_factory=dict)
+    source: str = ""  # where the numbers are documented
+    unchecked: str = ""
+
+
+@dataclass(frozen=True)
 class EmbeddedContext:
     """Inputs of an embedded generator: its seed and where pinned PyPI artefacts are cached."""
 
@@ -133,6 +146,8 @@ class TaskSpec:
     encode_target: Callable[[Any, Mapping[str, Any], tuple[str, ...]], Any] | None = None
     # How evaluation applies a model to one batch's x (PSICOV: 128 x 128 windows over the full canvas).
     eval_forward: Callable[[Any, Any], Any] | None = None
+    # Items per split of the complete official release (checked for real data; embedded data is exempt).
+    real_counts: RealCounts = field(default_factory=RealCounts)
     # Shard sizes: items per shard file (keeps files around a few hundred MB on the real data).
     items_per_shard: int = 50_000
     license: str = ""
