@@ -33,8 +33,8 @@ class RawFile:
 
     ``name`` is the path inside the task's raw folder (as the official loader expects it), ``url`` where a
     script can fetch it (``None``: manual download only), ``size`` the size stated by the benchmark (bytes,
-    approximate, for messages), ``pickled`` whether reading it unpickles data (then it must be verified
-    against the lock file first and is read with the restricted unpickler).
+    approximate, for messages), ``pickled`` whether reading it unpickles data (then it is read only through
+    :class:`RawFolder`'s verified reads, with the restricted unpickler).
     """
 
     name: str
