@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,8 @@ import pytest
 import yaml
 
 from nb360.data.loader import ShardDataset
-from nb360.tasks import get_task
+from nb360.data.pipeline import generate_embedded
+from nb360.tasks import get_task, list_tasks
 from tests.conftest import PYPI_CACHE, REPO
 
 
@@ -81,34 +81,41 @@ def test_data_target_builds_shards_of_every_task_from_nothing(tmp_path):
 
 
 @pytest.mark.integration
-def test_real_source_uses_hand_placed_official_files(tmp_path, embedded):
-    """`data.source: real` is the only switch: official files placed by hand are verified and sharded."""
+def test_real_source_uses_hand_placed_official_files(tmp_path):
+    """`data.source: real` on official-format files of all ten tasks (the embedded generators' output, placed
+    by hand, no lock file): their item counts are far below the complete release's, so the shards step stops
+    each task whose counts are documented; `data.allow_partial: true` builds them all, unpinned."""
     raw = tmp_path / "raw"
-    shutil.copytree(
-        embedded.raw_dir("satellite"), raw / "satellite", ignore=shutil.ignore_patterns("raw.json")
-    )
+    for task in list_tasks():
+        generate_embedded(task, raw, seed=0, cache_dir=PYPI_CACHE)
+        (raw / task / "raw.json").unlink()
+    lock = tmp_path / "lock.json"
     wd = _workdir(
-        tmp_path,
-        source="real",
-        raw_dir=str(raw),
-        lockfile=str(tmp_path / "lock.json"),
-        mirror="http://127.0.0.1:9/",
+        tmp_path / "wd", source="real", raw_dir=str(raw), lockfile=str(lock), mirror="http://127.0.0.1:9/"
     )
-    cfg = yaml.safe_load((wd / "config.yaml").read_text())
-    cfg["tasks"] = ["satellite"]
-    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
-    proc = _snakemake(wd, "--cores", "1", "data")
+    proc = _snakemake(wd, "--cores", "2", "--keep-going", "data")
+    assert proc.returncode != 0
+    unchecked = {t for t in list_tasks() if not get_task(t).real_counts.splits}
+    assert unchecked == {"fsd50k", "ecg"}
+    for task in list_tasks():
+        log = (wd / "logs" / "data" / "shards" / f"{task}.log").read_text()
+        if task in unchecked:
+            assert "item counts not checked" in log, task
+        else:
+            assert "not the complete official release" in log and "data.allow_partial: true" in log, task
+    # Only the files of the tasks whose counts are not checked were read to the end and pinned.
+    pinned = {key.split("/")[0] for key in json.loads(lock.read_text())["files"]}
+    assert pinned == unchecked
+    assert "FIRST COPY OF ecg/challenge2017.pkl" in (wd / "logs/data/shards/ecg.log").read_text()
+
+    _config(wd, data={**yaml.safe_load((wd / "config.yaml").read_text())["data"], "allow_partial": True})
+    proc = _snakemake(wd, "--cores", "2", "data")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    manifest = json.loads((wd / "results" / "shards" / "satellite" / "manifest.json").read_text())
-    assert manifest["source"] == "real"
-    assert set(json.loads((tmp_path / "lock.json").read_text())["files"]) == {
-        "satellite/satellite_train.npy",
-        "satellite/satellite_test.npy",
-    }
-    assert (
-        "FIRST COPY OF satellite/satellite_train.npy"
-        in (wd / "logs/data/fetch_raw/satellite.log").read_text()
-    )
+    for task in list_tasks():
+        manifest = json.loads((wd / "results" / "shards" / task / "manifest.json").read_text())
+        assert manifest["source"] == "real"
+        assert manifest["provenance"]["complete"] is (task in unchecked), task
+    assert {key.split("/")[0] for key in json.loads(lock.read_text())["files"]} == unchecked
 
 
 def _config(wd: Path, **top) -> None:

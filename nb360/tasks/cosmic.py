@@ -66,7 +66,15 @@ from scipy import ndimage, signal, stats
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.safe_pickle import npy_dtype
 from nb360.data.shards import ShardArrays, SplitData
-from nb360.tasks.base import S3_BASE, BatchContext, EmbeddedContext, RawFile, TaskSpec, register_task
+from nb360.tasks.base import (
+    S3_BASE,
+    BatchContext,
+    EmbeddedContext,
+    RawFile,
+    RealCounts,
+    TaskSpec,
+    register_task,
+)
 from nb360.tasks.common import rng_for
 
 TRAIN_TAR = "deepCR.ACS-WFC.train.tar"
@@ -489,6 +497,7 @@ SPEC = register_task(
         read_raw=read_raw,
         generate_embedded=generate_embedded,
         make_batch=make_batch,
+        real_counts=RealCounts({"train": 4_347, "val": 483, "test": 420}, "nb360.md 1.1, 1.3 Cosmic"),
         items_per_shard=2_000,  # about 200 MB per shard on the real data
         license="Open Data (HST archive via deepCR)",
         reference="nb360.md 1.2 Cosmic, 1.3 Cosmic, 1.4",

@@ -59,9 +59,17 @@ import scipy.io
 import scipy.sparse as sp
 import scipy.sparse.linalg as spl
 
-from nb360.data.rawfolder import RawFolder
+from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.shards import ShardArrays, SplitData
-from nb360.tasks.base import S3_BASE, BatchContext, EmbeddedContext, RawFile, TaskSpec, register_task
+from nb360.tasks.base import (
+    S3_BASE,
+    BatchContext,
+    EmbeddedContext,
+    RawFile,
+    RealCounts,
+    TaskSpec,
+    register_task,
+)
 from nb360.tasks.common import rng_for
 
 TRAINVAL_FILE = "piececonst_r421_N1024_smooth1.mat"
@@ -150,7 +158,9 @@ def read_raw(raw: RawFolder) -> dict[str, SplitData]:
     f2 = _read_field_mat(raw.path(TEST_FILE), fields)
     for f, name in ((f1, TRAINVAL_FILE), (f2, TEST_FILE)):
         if len(f["coeff"]) != len(f["sol"]):
-            raise ValueError(f"{raw.root / name}: coeff and sol have different sample counts")
+            raise RawDataError(
+                f"{raw.root / name}: coeff and sol have different sample counts; fetch it again"
+            )
     n_train, n_val, n_test = split_sizes(len(f1["coeff"]), len(f2["coeff"]))
 
     def part(f: dict[str, np.ndarray], lo: int, hi: int) -> SplitData:
@@ -371,6 +381,7 @@ SPEC = register_task(
         make_batch=make_batch,
         decode_output=decode_output,
         encode_target=encode_y,
+        real_counts=RealCounts({"train": 900, "val": 100, "test": 100}, "nb360.md 1.1, 1.4 Darcy"),
         items_per_shard=1_000,
         license="MIT",
         reference="nb360.md 1.2 Darcy, 1.2b, 1.3 Darcy Flow, 1.4",

@@ -96,7 +96,15 @@ from nb360.data.pypi import PypiArtifact, fetch
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.safe_pickle import safe_load_npy, safe_loads
 from nb360.data.shards import ShardArrays, SplitData
-from nb360.tasks.base import S3_BASE, BatchContext, EmbeddedContext, RawFile, TaskSpec, register_task
+from nb360.tasks.base import (
+    S3_BASE,
+    BatchContext,
+    EmbeddedContext,
+    RawFile,
+    RealCounts,
+    TaskSpec,
+    register_task,
+)
 from nb360.tasks.common import rng_for
 
 ARCHIVE = "protein.zip"
@@ -566,6 +574,7 @@ SPEC = register_task(
         generate_embedded=generate_embedded,
         make_batch=make_batch,
         eval_forward=window_forward,
+        real_counts=RealCounts({"train": 3_356, "val": 100, "test": 150}, "nb360.md 1.1, 1.3 PSICOV"),
         # ~16 L^2 bytes per protein: 400 real proteins (L ~ 200) make shards of a few hundred MB.
         items_per_shard=400,
         license="GPL (DeepCov/PSICOV via PDNet); embedded: MDAnalysisTests LGPL, PDB CC0",
