@@ -1,8 +1,10 @@
 # Config validation and the small helpers the rules share.
+# Only light modules here: every Snakemake start (each cluster job's too) parses this, so torch, scipy and
+# optuna are imported by the jobs that run a method, never by the parse (test_workflow checks it).
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from nb360.methods import get_method, list_methods
+from nb360.methods.registry import list_methods, method_info
 from nb360.resources import job_resources
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -14,6 +16,7 @@ SEEDS = config["seeds"]
 TRAIN = config["train"]
 SEARCH = config["search"]
 
+
 _unknown = sorted(set(METHODS) - set(list_methods()))
 if _unknown:
     raise WorkflowError(
@@ -22,13 +25,13 @@ if _unknown:
 
 
 # Search methods among the configured ones; "(?!)" never matches (no search jobs).
-SEARCH_METHODS = [m for m in METHODS if get_method(m).searches]
-PARALLEL_SEARCH = [m for m in SEARCH_METHODS if get_method(m).search_worker is not None]
+SEARCH_METHODS = [m for m in METHODS if method_info(m).searches]
+PARALLEL_SEARCH = [m for m in SEARCH_METHODS if method_info(m).search_workers]
 SEARCH_PATTERN = "|".join(SEARCH_METHODS) or "(?!)"
 PARALLEL_SEARCH_PATTERN = "|".join(PARALLEL_SEARCH) or "(?!)"
 
 _missing = sorted(
-    {r for m in SEARCH_METHODS for r in get_method(m).reads} - set(SEARCH_METHODS)
+    {r for m in SEARCH_METHODS for r in method_info(m).reads} - set(SEARCH_METHODS)
 )
 if _missing:
     raise WorkflowError(
@@ -66,9 +69,9 @@ def search_dir(wildcards, method=None):
 
 def search_inputs(wildcards):
     """A search's inputs: the shards, its worker records (parallel search), the searches it reads."""
-    method = get_method(wildcards.method)
+    method = method_info(wildcards.method)
     inputs = {"manifest": f"{DATA['shard_dir']}/{wildcards.task}/manifest.json"}
-    if method.search_worker is not None:
+    if method.search_workers:
         inputs["workers"] = [
             f"{search_dir(wildcards)}/worker{i}.json" for i in range(SEARCH["workers"])
         ]
@@ -80,7 +83,7 @@ def search_inputs(wildcards):
 def retrain_inputs(wildcards):
     """A retrain job's inputs: the shards and, for a search method, its searched architecture."""
     inputs = {"manifest": f"{DATA['shard_dir']}/{wildcards.task}/manifest.json"}
-    if get_method(wildcards.method).searches:
+    if method_info(wildcards.method).searches:
         inputs["arch"] = f"{search_dir(wildcards)}/arch.json"
     return inputs
 
