@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from nb360.config_origin import CLI, config_error, config_layers, config_origin
 from nb360.methods import Method, get_method, list_methods, method_info, register_method, registry
 from tests.conftest import REPO
 
@@ -108,3 +109,42 @@ def test_two_entries_of_one_name_are_refused(monkeypatch):
     monkeypatch.setattr(registry, "METHODS", (*registry.METHODS, method_info("wrn")))
     with pytest.raises(ValueError, match="two entries"):
         list_methods()
+
+
+# Where a config value came from.
+
+
+def test_config_origin_is_the_last_layer_that_sets_the_key():
+    layers = [
+        ("config.yaml", {"methods": ["wrn"], "train": {"budget": "smoke", "device": "auto"}}),
+        ("paper.yaml", {"train": {"budget": "paper"}}),
+        ("methods.yaml", {"methods": ["foo"]}),
+    ]
+    assert config_origin("methods", layers) == "methods.yaml"
+    assert config_origin("train.budget", layers) == "paper.yaml"
+    assert config_origin("train.device", layers) == "config.yaml"
+    assert config_origin("search.workers", layers) == "config.yaml"  # a default: where it would go
+    assert config_origin("methods", [*layers, (CLI, {"methods": ["bar"]})]) == CLI
+
+
+def test_config_layers_put_overlays_and_cli_above_the_workflow_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("methods: [wrn]\n")
+    (tmp_path / "overlay.yaml").write_text("methods: [foo]\n")
+    overlay = tmp_path / "overlay.yaml"  # Snakemake passes overlays as absolute paths
+    # workflow.configfiles lists the overlays first, then the workflow's own file.
+    layers = config_layers([overlay, "config.yaml"], [overlay], {})
+    assert [name for name, _ in layers] == ["config.yaml", "overlay.yaml"]
+    assert config_origin("methods", layers) == "overlay.yaml"
+    layers = config_layers([overlay, "config.yaml"], [overlay], {"methods": ["bar"]})
+    assert config_origin("methods", layers) == CLI
+    replaced = config_layers([overlay, "config.yaml"], [overlay], {}, replace_workflow_config=True)
+    assert [name for name, _ in replaced] == ["overlay.yaml"]
+
+
+def test_config_error_names_the_origin_and_the_fix():
+    layers = [("config.yaml", {"methods": ["wrn"]}), ("o.yaml", {"methods": ["foo"]})]
+    message = config_error("methods", "unknown method(s) foo", "use registered names", layers)
+    assert message == "o.yaml: unknown method(s) foo; use registered names (`methods` in o.yaml)"
+    message = config_error("methods", "unknown method(s) bar", "fix it", [*layers, (CLI, {"methods": []})])
+    assert message.startswith("--config: unknown method(s) bar") and "`--config methods=...`" in message

@@ -4,6 +4,7 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from nb360.config_origin import config_error, config_layers
 from nb360.methods.registry import list_methods, method_info
 from nb360.resources import job_resources
 
@@ -17,10 +18,23 @@ TRAIN = config["train"]
 SEARCH = config["search"]
 
 
+def config_failure(key, problem, fix):
+    """A WorkflowError naming the config file (or --config) that set ``key``, and how to fix it there."""
+    layers = config_layers(
+        workflow.configfiles,
+        workflow.config_settings.configfiles,
+        workflow.config_settings.config,
+        workflow.config_settings.replace_workflow_config,
+    )
+    return WorkflowError(config_error(key, problem, fix, layers))
+
+
 _unknown = sorted(set(METHODS) - set(list_methods()))
 if _unknown:
-    raise WorkflowError(
-        f"config.yaml: unknown method(s) {', '.join(_unknown)}; registered: {', '.join(list_methods())}"
+    raise config_failure(
+        "methods",
+        f"unknown method(s) {', '.join(_unknown)}; registered: {', '.join(list_methods())}",
+        "use registered names, or register a new method in nb360/methods/registry.py",
     )
 
 
@@ -34,9 +48,11 @@ _missing = sorted(
     {r for m in SEARCH_METHODS for r in method_info(m).reads} - set(SEARCH_METHODS)
 )
 if _missing:
-    raise WorkflowError(
-        f"config.yaml: methods {', '.join(SEARCH_METHODS)} need the search of {', '.join(_missing)}; "
-        "add it to methods"
+    _readers = [m for m in SEARCH_METHODS if set(method_info(m).reads) & set(_missing)]
+    raise config_failure(
+        "methods",
+        f"method(s) {', '.join(_readers)} need the search of {', '.join(_missing)}",
+        f"add {', '.join(_missing)} to methods",
     )
 
 
