@@ -148,3 +148,9 @@ def test_config_error_names_the_origin_and_the_fix():
     assert message == "o.yaml: unknown method(s) foo; use registered names (`methods` in o.yaml)"
     message = config_error("methods", "unknown method(s) bar", "fix it", [*layers, (CLI, {"methods": []})])
     assert message.startswith("--config: unknown method(s) bar") and "`--config methods=...`" in message
+
+
+def test_report_jobs_that_read_runs_import_no_torch():
+    """The scores and cost jobs read runs (nb360.runs) but train nothing: they skip torch's import."""
+    loaded = _fresh_modules("import nb360.runs")
+    assert "nb360.runs" in loaded and "torch" not in loaded
