@@ -64,6 +64,52 @@ def test_unknown_task_is_refused(tmp_path):
     assert proc.returncode != 0 and "'cifar10' is not one of" in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("overlay", "cli", "expected"),
+    [
+        # An overlay's unknown method is the overlay's error, not config.yaml's.
+        ({"methods": ["wrn", "wrn_width"]}, [], "overlay.yaml: unknown method(s) wrn_width;"),
+        (None, ["--config", "methods=[wrn,wrn_width]"], "--config: unknown method(s) wrn_width;"),
+        # An overlay that leaves methods alone: config.yaml set them.
+        ({"train": {"budget": "paper"}}, [], "config.yaml: unknown method(s) wrn_width;"),
+        ({"methods": ["densenas_random"]}, [], "overlay.yaml: method(s) densenas_random need the search of"),
+    ],
+)
+def test_config_errors_name_the_file_or_option_that_set_the_value(tmp_path, overlay, cli, expected):
+    wd = _workdir(tmp_path)
+    _config(wd, methods=["wrn", "wrn_width"])
+    args = list(cli)
+    if overlay is not None:
+        (wd / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+        args += ["--configfile", str(wd / "overlay.yaml")]
+    proc = _snakemake(wd, "-n", "--cores", "1", *args)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and expected in out, out[-3000:]
+    origin = expected.split(":")[0]
+    fix = "`--config methods=...`" if origin == "--config" else f"(`methods` in {origin})"
+    assert fix in out, out[-3000:]
+
+
+def test_parsing_the_workflow_imports_no_torch_nor_any_method_module(tmp_path):
+    """Every Snakemake start (each cluster job's too) parses the workflow: it reads the light method
+    registry and leaves torch, scipy, optuna and the methods' modules to the jobs that run them."""
+    from nb360.methods import list_methods, method_info
+
+    wd = _workdir(tmp_path)
+    _config(wd, methods=list_methods(), seeds=[0, 1])
+    cmd = _snakemake_cmd(wd, "-n", "--cores", "1")
+    proc = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "nb360.methods.registry" in imported and "nb360.resources" in imported
+    heavy = {"torch", "scipy", "optuna", "h5py", "sklearn", "matplotlib"}  # Snakemake itself loads numpy, PIL
+    assert not {m for m in imported if m.split(".")[0] in heavy}
+    assert not {method_info(m).module for m in list_methods()} & imported
+    assert not {m for m in imported if m.split(".")[:2] in (["nb360", "tasks"], ["nb360", "train"])}
+
+
 @pytest.mark.integration
 def test_data_target_builds_shards_of_every_task_from_nothing(tmp_path):
     wd = _workdir(tmp_path)

@@ -244,14 +244,4 @@ def retrain(ctx: RunContext) -> RunResult:
     )
 
 
-register_method(
-    Method(
-        "wrn_asha",
-        "WRN-ASHA",
-        retrain,
-        "WRN with learning rate, momentum, weight decay and dropout tuned by ASHA (optuna), then retrained",
-        search=search,
-        search_worker=worker,
-        cpu_only=("search",),  # the search job only reads the study its workers filled
-    )
-)
+register_method(Method("wrn_asha", retrain, search=search, search_worker=worker))
