@@ -246,7 +246,7 @@ def test_worker_on_cuda_counts_gpu_hours_under_a_cpu_search(tmp_path):
 
 def test_cost_table_means_over_seeds_in_table_order(results):
     table = cost_table(seed_costs(*results))
-    assert table["method"].tolist() == ["wrn", "wrn_asha", "gaea"]  # METHOD_ORDER, not file order
+    assert table["method"].tolist() == ["wrn", "wrn_asha", "gaea"]  # registry order, not file order
     wrn = table.set_index("method").loc["wrn"]
     assert wrn["retrain_h"] == pytest.approx((0.1 + 0.3) / 2)
     assert wrn["cpu_core_h"] == pytest.approx((0.2 + 0.3) / 2)
