@@ -10,7 +10,9 @@ x0.2 at 30/60/80 % of the epochs, per-task learning rate and batch size. Split s
 
 A checkpoint is written atomically after every epoch (weights, optimiser, schedule, RNG state, history); a
 run started again resumes from it and ends with the same metrics as an uninterrupted run (on the CPU).
-On CUDA the loop uses bf16 autocast and channels-last memory for 2D models.
+On CUDA the loop trains under bf16 autocast with channels-last memory for 2D models; every evaluation (the
+outputs that metrics see: search-phase validation, selection, the test report) runs in float32, without
+autocast and without TF32.
 
 Search methods use the same loop through :class:`FitHook` objects, called at fixed points and
 checkpointed with the run: a bilevel architecture update before each weight step
@@ -28,7 +30,8 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -155,7 +158,7 @@ def phase_splits(spec: TaskSpec, phase: str) -> tuple[tuple[str, ...], tuple[str
 
 
 class _Accelerator:
-    """bf16 autocast and channels-last on CUDA; plain float32 on the CPU."""
+    """bf16 autocast (training only) and channels-last on CUDA; plain float32 on the CPU."""
 
     def __init__(self, device: torch.device, spatial_dim: int, amp: bool = True):
         self.device = device
@@ -174,7 +177,24 @@ class _Accelerator:
         return out
 
     def autocast(self) -> torch.autocast:
+        """The training forward's context: bf16 autocast where ``amp`` is on."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    @contextmanager
+    def evaluation(self) -> Iterator[None]:
+        """The evaluation forward's context: float32 throughout, so metrics never see bf16-rounded outputs
+        (up to 1e-2 relative on Darcy). Autocast is off even inside a caller's autocast region, and on CUDA
+        so is TF32, which cuDNN convolutions use by default (10-bit mantissas)."""
+        with torch.autocast(self.device.type, enabled=False):
+            if not self.cuda:
+                yield
+                return
+            saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                yield
+            finally:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def model_signature(model: nn.Module) -> str:
@@ -221,7 +241,7 @@ def predict(
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
     for batch in batches:
         x = accel.batch({"x": batch["x"]})["x"]
-        with accel.autocast():
+        with accel.evaluation():
             out = spec.eval_forward(model, x) if spec.eval_forward else model(x)
         out = out.float()
         if spec.decode_output:
