@@ -167,3 +167,30 @@ def test_fit_under_bf16_reports_float32_metrics(embedded, monkeypatch):
     bf16 = loop._Accelerator(torch.device("cpu"), spec.dim)
     monkeypatch.setattr(bf16, "evaluation", bf16.autocast)  # what evaluation did before: bf16 outputs
     assert evaluate(model, spec, read_manifest(manifest), eval_splits, fit_splits, 4, bf16, 2) != expected
+
+
+def test_an_unwritable_checkpoint_folder_stops_the_run_before_training(embedded, tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the checkpoint's folder should be")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(loop, "make_loader", no_training)
+    ckpt = blocker / "run" / "checkpoint.pt"
+    with pytest.raises(RuntimeError, match=r"checkpoint .*not_a_folder/run/checkpoint\.pt cannot be written"):
+        fit(_model(), embedded.build("satellite")[1], CFG, device="cpu", checkpoint=ckpt)
+
+
+def test_a_failed_checkpoint_write_names_the_file(embedded, tmp_path, monkeypatch):
+    def disk_full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    with pytest.raises(
+        RuntimeError, match=r"checkpoint .*run/checkpoint\.pt cannot be written .*file write failed"
+    ):
+        fit(_model(), embedded.build("satellite")[1], CFG, device="cpu", checkpoint=ckpt)
+    assert list(ckpt.parent.iterdir()) == []  # neither the partial temporary file nor the probe is left

@@ -9,7 +9,8 @@ x0.2 at 30/60/80 % of the epochs, per-task learning rate and batch size. Split s
   The test split never chooses anything.
 
 A checkpoint is written atomically after every epoch (weights, optimiser, schedule, RNG state, history); a
-run started again resumes from it and ends with the same metrics as an uninterrupted run (on the CPU).
+run started again resumes from it and ends with the same metrics as an uninterrupted run (on the CPU). The
+checkpoint's folder is probed for writing before the first epoch, and a failed write names the file.
 On CUDA the loop trains under bf16 autocast with channels-last memory for 2D models; every evaluation (the
 outputs that metrics see: search-phase validation, selection, the test report) runs in float32, without
 autocast and without TF32.
@@ -31,7 +32,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -204,11 +205,42 @@ def model_signature(model: nn.Module) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _unwritable(path: Path, e: BaseException) -> RuntimeError:
+    return RuntimeError(
+        f"checkpoint {path} cannot be written ({type(e).__name__}: {e}); make {path.parent} a writable "
+        "folder with free space (or point the run's working folder elsewhere) and rerun: the run resumes "
+        "from its last checkpoint"
+    )
+
+
+def check_checkpoint_writable(path: str | os.PathLike) -> None:
+    """Create the checkpoint's folder and write, rename and delete a probe file there, as
+    :func:`_save_checkpoint` will: an unwritable folder stops the run before its first epoch, not after it."""
+    path = Path(path)
+    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")
+    tmp = probe.with_name(probe.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(b"nb360 checkpoint probe\n")
+        os.replace(tmp, probe)
+        probe.unlink()
+    except OSError as e:
+        for leftover in (tmp, probe):
+            with suppress(OSError):
+                leftover.unlink()
+        raise _unwritable(path, e) from e
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)  # a full disk is a RuntimeError from torch's writer, naming no file
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        with suppress(OSError):
+            tmp.unlink()
+        raise _unwritable(path, e) from e
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -311,6 +343,9 @@ def fit(
     checkpoint then holds the state to resume from. It exists for tests of resumption.
     """
     t_start = time.perf_counter()
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    if ckpt_path is not None:
+        check_checkpoint_writable(ckpt_path)
     manifest = manifest if isinstance(manifest, Mapping) else read_manifest(manifest)
     spec = get_task(manifest["task"])
     fit_splits, eval_splits = phase_splits(spec, phase)
@@ -340,7 +375,6 @@ def fit(
     for hook in hooks:
         hook.setup(FitState(model, spec, manifest, cfg, seed, fit_splits, loss_fn, accel))
 
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
     history: list[dict[str, Any]] = []
     start = 0
     state = _load_checkpoint(ckpt_path) if ckpt_path is not None else None
