@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nb360 import metrics
+from nb360 import attempts, metrics
 from nb360.data.loader import make_loader
 from nb360.data.shards import read_manifest
 from nb360.tasks import TaskSpec, get_task
@@ -402,6 +402,8 @@ def fit(
     )  # fmt: skip
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     eval_cap = cfg.max_eval_batches if phase == "search" else None
+    # The job's attempt record (nb360.attempts; a no-op outside a job): its device, then each epoch's end.
+    attempts.heartbeat(f"{phase} epoch {start}/{cfg.epochs}", str(accel.device))
     for epoch in range(start, cfg.epochs):
         if stop_after_epochs is not None and epoch - start >= stop_after_epochs:
             return RunResult({}, history, params, phase, eval_splits, str(accel.device))
@@ -470,6 +472,7 @@ def fit(
                     "hooks": [hook.state_dict() for hook in hooks],
                 },
             )
+        attempts.heartbeat(f"{phase} epoch {epoch + 1}/{cfg.epochs}", str(accel.device))
     if phase == "search" and history and history[-1]["epoch"] == cfg.epochs and history[-1]["val"]:
         final = history[-1]["val"]  # the last epoch's validation is the final one: no second pass
     else:
