@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 CORES ?= all
 GPUS ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 # Local runs: the default profile, and `--resources gpu=N` where there are GPUs. Targets come first, since
-# `--resources` would take them for resources.
+# `--resources` would take them for resources (and `--configfile` for more config files: `snakemake data
+# --configfile paper.yaml`, not `snakemake --configfile paper.yaml data`).
 snakemake = $(BIN)/snakemake $(1) --workflow-profile workflow/profiles/default --cores $(CORES) \
 	$(if $(filter-out 0,$(GPUS)),--resources gpu=$(GPUS))
 

@@ -15,8 +15,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from nb360.attempts import attempts_path, read_attempts
 from nb360.data.loader import ShardDataset
 from nb360.data.pipeline import generate_embedded
+from nb360.report.cost import benchmark_path, job_costs, read_benchmark
 from nb360.tasks import get_task, list_tasks
 from tests.conftest import PYPI_CACHE, REPO
 
@@ -172,7 +174,8 @@ def _config(wd: Path, **top) -> None:
 
 @pytest.mark.integration
 def test_killed_retrain_job_resumes_from_its_checkpoint(tmp_path):
-    """A retrain job killed after its first epoch is resumed by the next run and ends with equal metrics."""
+    """A retrain job killed after its first epoch is resumed by the next run and ends with equal metrics;
+    the cost counts both attempts."""
     target = "results/runs/satellite/wrn/seed0/scores.json"
     whole = _workdir(tmp_path / "whole")
     killed = _workdir(tmp_path / "killed")
@@ -201,6 +204,16 @@ def test_killed_retrain_job_resumes_from_its_checkpoint(tmp_path):
     a = json.loads((whole / target).read_text())
     b = json.loads((killed / target).read_text())
     assert a["metrics"] == b["metrics"]
+    # Snakemake's benchmark file holds the second attempt only; the attempts file beside it both
+    first, second = read_attempts(attempts_path(killed / target))
+    assert (first.status, second.status) == ("running", "done")
+    assert first.job == {"rule": "retrain", "task": "satellite", "method": "wrn", "seed": "0"}
+    job = job_costs([killed / target]).iloc[0]
+    assert job["attempts"] == 2
+    assert job["wall_h"] == pytest.approx(
+        read_benchmark(benchmark_path(killed / target)).seconds / 3600 + first.wall_s / 3600
+    )
+    assert job_costs([whole / target]).iloc[0]["attempts"] == 1
 
 
 @pytest.mark.integration
