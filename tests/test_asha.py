@@ -3,6 +3,7 @@ workers whose interleaving changes nothing, killed workers."""
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 import os
@@ -420,3 +421,26 @@ def test_wrn_asha_chooses_and_scores_the_same_however_its_workers_interleave(emb
     assert a.arch == b.arch  # the chosen configuration, its trial and validation value
     assert [h["intermediate"] for h in a.history] == [h["intermediate"] for h in b.history]
     assert run_a.metrics == run_b.metrics  # the final scores, bit for bit
+
+
+@pytest.mark.integration
+def test_workflow_scores_are_the_same_with_workers_side_by_side_or_one_after_the_other(tmp_path):
+    """`make run`'s scores.csv, WRN-ASHA included, from two fresh directories: with 2 cores the two
+    search workers run side by side, with 1 core one after the other (the first does every trial)."""
+    from tests.test_workflow import _config, _snakemake, _workdir
+
+    scores, archs = {}, {}
+    for cores in ("2", "1"):
+        wd = _workdir(tmp_path / f"cores{cores}")
+        _config(wd, tasks=["satellite"], methods=["trivial", "wrn_asha"], seeds=[0], search={"workers": 2})
+        proc = _snakemake(wd, "--cores", cores, "results/tables/scores.csv")
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+        scores[cores] = (wd / "results/tables/scores.csv").read_text()
+        search = wd / "results/search/satellite/wrn_asha/seed0"
+        archs[cores] = json.loads((search / "arch.json").read_text())["arch"]
+        segments = [json.loads((search / f"worker{i}.json").read_text())["segments"] for i in range(2)]
+        if cores == "1":
+            assert [] in segments  # the second worker found the study done
+    assert scores["2"] == scores["1"]
+    assert archs["2"] == archs["1"]
+    assert "wrn_asha" in scores["1"] and "trivial" in scores["1"]
