@@ -82,7 +82,7 @@ def test_bad_trials_are_pruned_at_their_rung_and_the_best_completes(tmp_path):
     assert config.rungs == (1, 3) and config.segment_ends == (1, 3, 9)
     objective = _objective(lambda number, params, step: CURVES[number](step))
     segments = run_worker(tmp_path, "curves", 0, SPACE, objective, config, seed=0)
-    study = open_study(tmp_path, "curves", config)
+    study = open_study(tmp_path, "curves")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "COMPLETE", "PRUNED", "PRUNED"]
     last_step = {t.number: max(t.intermediate_values) for t in study.trials}
     assert last_step == {0: 9, 1: 1, 2: 9, 3: 3, 4: 1}
@@ -108,7 +108,7 @@ def test_decisions_are_optunas_successive_halving_run_in_trial_order(tmp_path):
     config = AshaConfig(max_trials=14, max_length=16, reduction_factor=2)
     assert config.rungs == (1, 2, 4, 8)
     run_worker(tmp_path, "ours", 0, SPACE, _objective(_noisy), config, seed=3)
-    ours = open_study(tmp_path, "ours", config).trials
+    ours = open_study(tmp_path, "ours").trials
     pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
     reference = optuna.create_study(pruner=pruner)
     for t in ours:  # optuna's pruner, one trial after the other, on the same configurations
@@ -148,7 +148,7 @@ def _run_workers(workdir: Path, name: str, config: AshaConfig, delays: tuple[flo
     for p in procs:
         p.join(timeout=300)
     assert [p.exitcode for p in procs] == [0] * len(procs)
-    return open_study(workdir, name, config).trials
+    return open_study(workdir, name).trials
 
 
 def test_outcome_is_the_same_however_workers_interleave(tmp_path):
@@ -159,11 +159,11 @@ def test_outcome_is_the_same_however_workers_interleave(tmp_path):
     """
     config = AshaConfig(max_trials=9, max_length=8, reduction_factor=2)
     _toy_worker(str(tmp_path / "alone"), "shared", 0, config, 0.0, None)
-    alone = open_study(tmp_path / "alone", "shared", config).trials
+    alone = open_study(tmp_path / "alone", "shared").trials
     for delays in [(0.1, 0.01), (0.01, 0.1)]:  # the fast one too leaves the lock free most of the time
         trials = _run_workers(tmp_path / str(delays), "shared", config, delays)
         assert _outcome(trials) == _outcome(alone), delays
-        assert set().union(*(t.user_attrs["workers"] for t in trials)) == {0, 1}  # both took part
+        assert set().union(*(t.user_attrs.get("workers", []) for t in trials)) == {0, 1}  # both took part
     assert len(alone) == config.max_trials  # exactly max_trials, no overshoot
     assert {t.state for t in alone} == {TrialState.COMPLETE, TrialState.PRUNED}
 
@@ -179,15 +179,15 @@ def test_worker_killed_mid_segment_is_taken_over_by_a_live_worker(tmp_path, capl
     assert kill.wait(timeout=120), "the worker never reached its first segment's end"
     os.kill(proc.pid, signal.SIGKILL)  # as a scheduler would: no cleanup runs
     proc.join()
-    study = open_study(tmp_path / "killed", "s", config)
+    study = open_study(tmp_path / "killed", "s")
     assert study.trials[0].state == TrialState.RUNNING and study.trials[0].user_attrs[asha.HOLDER] == 1
     assert not asha._alive(tmp_path / "killed", 1)  # the kernel dropped the dead worker's lock
     with caplog.at_level("WARNING"):
         segments = run_worker(tmp_path / "killed", "s", 0, SPACE, _objective(_noisy), config, seed=7)
     assert "trial 0 was left running by a killed worker 1" in caplog.text
     assert segments[0]["trial"] == 0  # the released segment runs again first (lowest number)
-    killed = open_study(tmp_path / "killed", "s", config).trials
-    assert _outcome(killed) == _outcome(open_study(reference, "s", config).trials)
+    killed = open_study(tmp_path / "killed", "s").trials
+    assert _outcome(killed) == _outcome(open_study(reference, "s").trials)
 
 
 def _killed_worker(workdir: str, config: AshaConfig, kill) -> None:
@@ -196,7 +196,7 @@ def _killed_worker(workdir: str, config: AshaConfig, kill) -> None:
 
 def test_a_restarted_worker_releases_the_trial_its_index_left_running(tmp_path, caplog):
     config = AshaConfig(max_trials=3, max_length=2, reduction_factor=2)
-    study = open_study(tmp_path, "restart", config)
+    study = open_study(tmp_path, "restart")
     # Worker 0 was killed during trial 0's first epoch (which it had reported).
     study.sampler = optuna.samplers.RandomSampler(seed=asha.trial_seed(0, 0))
     trial = study.ask(SPACE)
@@ -205,10 +205,40 @@ def test_a_restarted_worker_releases_the_trial_its_index_left_running(tmp_path, 
     with caplog.at_level("WARNING"):
         run_worker(tmp_path, "restart", 0, SPACE, _objective(_noisy), config, seed=0)
     assert "trial 0 was left running by a killed worker 0" in caplog.text
-    trials = open_study(tmp_path, "restart", config).trials
+    trials = open_study(tmp_path, "restart").trials
     assert len(trials) == config.max_trials and trials[0].state == TrialState.COMPLETE
     assert trials[0].intermediate_values[1] == _noisy(0, trial.params, 1) + 1.0
     assert all(t.user_attrs[asha.HOLDER] is None for t in trials)
+
+
+def test_decisions_wait_for_earlier_trials_and_for_the_end_of_a_trials_segment():
+    config = AshaConfig(max_trials=4, max_length=4, reduction_factor=2)  # rungs after 1 and 2 epochs
+    study = optuna.create_study()
+    for values, holder in [
+        ({1: 0.5}, 0),  # trial 0: in its second segment, held by worker 0
+        ({1: 0.9}, None),  # trial 1: at rung 1, worse than 0: pruned (the best of two goes on)
+        ({1: 0.1, 2: 0.1}, 1),  # trial 2: its segment just reported rung 2; worker 1 has not released it
+        ({1: 0.2}, None),  # trial 3: at rung 1, second best of four: promoted
+    ]:
+        study.add_trial(
+            create_trial(
+                state=TrialState.RUNNING,
+                params={"x": 0.5},
+                distributions=SPACE,
+                intermediate_values=values,
+                user_attrs={asha.HOLDER: holder},
+            )
+        )
+    trials = study.trials  # (copies)
+    plan = asha._plan(trials, config)
+    assert (plan.prune, plan.runnable, plan.waiting) == ([1], [(3, 1)], [])  # trial 3: its segment 1
+    # Once released, trial 2's decision at rung 2 waits for trial 0 to report it.
+    trials[2].user_attrs[asha.HOLDER] = None
+    plan = asha._plan(trials, config)
+    assert (plan.prune, plan.runnable, plan.waiting) == ([1], [(3, 1)], [2])
+    trials[0].intermediate_values[2] = 0.05
+    plan = asha._plan(trials, config)
+    assert (plan.prune, plan.runnable, plan.waiting) == ([1, 2], [(3, 1)], [])  # 0.1 > 0.05, the best
 
 
 def test_liveness_is_the_workers_flock(tmp_path, monkeypatch):
@@ -356,7 +386,7 @@ def test_killed_trial_resumes_from_its_checkpoint_and_ends_as_if_never_killed(
     with pytest.raises(KeyboardInterrupt):
         method.search_worker(ctx, 0)
     monkeypatch.setattr(wrn_asha, "fit", fit)
-    (killed,) = open_study(ctx.workdir, wrn_asha.study_name(ctx), wrn_asha.SMOKE_ASHA).trials
+    (killed,) = open_study(ctx.workdir, wrn_asha.study_name(ctx)).trials
     assert killed.state == TrialState.RUNNING and sorted(killed.intermediate_values) == [1, 2, 3]
     with caplog.at_level("INFO"):
         record = method.search_worker(ctx, 1)  # any worker takes the released trial

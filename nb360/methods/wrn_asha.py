@@ -192,7 +192,7 @@ def worker(ctx: RunContext, index: int) -> dict[str, Any]:
         attrs={"device": device},
     )
     ran = {s["trial"] for s in segments}
-    study = open_study(ctx.workdir, name, config)
+    study = open_study(ctx.workdir, name)
     return {
         "worker": index,
         "study": name,
@@ -215,7 +215,7 @@ def _summary(arch: dict[str, Any]) -> str:
 def search(ctx: RunContext) -> SearchResult:
     """Read the workers' study and pick the best trial of the highest rung (the best completed one)."""
     t0 = time.perf_counter()
-    study = open_study(ctx.workdir, study_name(ctx), asha_config(ctx.task.name, ctx.budget))
+    study = open_study(ctx.workdir, study_name(ctx))
     trials = study.get_trials(deepcopy=False)
     best = best_trial(trials)
     arch = {

@@ -132,7 +132,7 @@ def _open(workdir: Path, name: str) -> tuple[optuna.Study, JournalStorage]:
     return study, storage
 
 
-def open_study(workdir: Path, name: str, config: AshaConfig) -> optuna.Study:
+def open_study(workdir: Path, name: str) -> optuna.Study:
     """The study ``name`` in ``workdir``'s journal file, created by whichever worker comes first."""
     return _open(workdir, name)[0]
 
@@ -232,18 +232,19 @@ def _plan(trials: Sequence[FrozenTrial], config: AshaConfig) -> _Plan:
         while at + 1 < len(rungs) and rungs[at + 1] in iv:
             at += 1
         ended = t.state.is_finished()
-        if not ended:
+        # A held trial is in a segment (which may have just reported its rung): its worker releases it
+        # at the segment's end, and only then is it decided on.
+        if not ended and t.user_attrs.get(HOLDER) is None:
             promoted = True if at < 0 else None  # no rung yet: the trial runs towards its first
             if at >= 0 and resolved[at]:
                 promoted = promotable(iv[rungs[at]], [*values[at], iv[rungs[at]]], config.reduction_factor)
             if promoted is False:
                 plan.prune.append(t.number)
                 ended = True
-            elif t.user_attrs.get(HOLDER) is None:
-                if promoted:
-                    plan.runnable.append((t.number, at + 1))
-                else:
-                    plan.waiting.append(t.number)
+            elif promoted:
+                plan.runnable.append((t.number, at + 1))
+            else:
+                plan.waiting.append(t.number)
         for r, epochs in enumerate(rungs):
             if epochs in iv:
                 values[r].append(iv[epochs])
