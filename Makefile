@@ -7,12 +7,13 @@ BIN := $(VENV)/bin
 CORES ?= all
 GPUS ?= $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU')
 # Local runs: the default profile, and `--resources gpu=N` where there are GPUs. Targets come first, since
-# `--resources` would take them for resources.
+# `--resources` would take them for resources (and `--configfile` for more config files: `snakemake data
+# --configfile paper.yaml`, not `snakemake --configfile paper.yaml data`).
 snakemake = $(BIN)/snakemake $(1) --workflow-profile workflow/profiles/default --cores $(CORES) \
 	$(if $(filter-out 0,$(GPUS)),--resources gpu=$(GPUS))
 
 .PHONY: setup setup-slurm run run-slurm data test test-unit lint format report bench-loader bench-train \
-	bench-supernet lock clean
+	bench-supernet bench-dag lock clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +68,9 @@ bench-train: setup  ## our training loop against a bare PyTorch loop
 bench-supernet: setup  ## DARTS supernet search step: batched edges against the per-op loop (2D and 1D)
 	$(BIN)/python benchmarks/supernet_step.py
 	$(BIN)/python benchmarks/supernet_step.py --task ecg
+
+bench-dag: setup  ## snakemake -n of the full paper grid against a bare Snakemake DAG of the same shape
+	$(BIN)/python benchmarks/dag_overhead.py
 
 # After `make setup-slurm`, so that the SLURM plugin's pins stay in the lock.
 lock:

@@ -26,13 +26,16 @@ Decisions where the official code is ambiguous or buggy (nb360.md 1.2b):
   class in the targets are skipped with a warning.
 * Darcy: the mean over samples (the official code averages per-batch means).
 
-Degenerate inputs for which a metric is undefined (no positive clip in FSD50K, no positive or no negative
-pixel in Cosmic, no two-class label in DeepSEA, an empty evaluation set) raise ``ValueError`` rather than
-return NaN.
+Degenerate inputs for which a metric is undefined (no positive clip in FSD50K, no positive pixel in Cosmic,
+no two-class label in DeepSEA, an empty evaluation set) raise ``ValueError`` rather than return NaN. One
+exception: a Cosmic mask with positive but no negative pixels still has an FNR (FN / (FN + TP) needs positives
+only), so ``cosmic_scores`` returns it and reports ``one_minus_auroc`` as NaN with a ``RuntimeWarning``
+(AUROC needs both classes); a search that selects on it then ranks that candidate last.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -157,7 +160,8 @@ def cosmic_scores(logits: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Pixelwise Cosmic scores of the binarised prediction (raw logit > 0.5, strictly) against the binary
     cosmic-ray mask, counts summed over all pixels of all images: ``fnr_pct`` = 100 FN / (FN + TP) and
     ``one_minus_auroc`` = 1 - AUROC of the binary scores = 1 - (TPR + TNR) / 2 (what scikit-learn's
-    ``roc_auc_score`` gives on them)."""
+    ``roc_auc_score`` gives on them). No positive pixel: ``ValueError`` (neither is defined); no negative
+    pixel: the FNR, and ``one_minus_auroc`` NaN with a ``RuntimeWarning``."""
     logits, mask = np.asarray(logits), np.asarray(mask)
     if logits.shape != mask.shape:
         raise ValueError(f"cosmic_scores: logits shape {logits.shape} != mask shape {mask.shape}")
@@ -168,10 +172,20 @@ def cosmic_scores(logits: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     fn = int(np.count_nonzero(gt)) - tp
     fp = int(np.count_nonzero(pred)) - tp
     tn = gt.size - tp - fn - fp
-    if tp + fn == 0 or tn + fp == 0:
-        raise ValueError("cosmic_scores: the mask needs positive and negative pixels; AUROC is undefined")
-    tpr, tnr = tp / (tp + fn), tn / (tn + fp)
-    return {"one_minus_auroc": float(1.0 - (tpr + tnr) / 2.0), "fnr_pct": float(100.0 * (1.0 - tpr))}
+    if tp + fn == 0:
+        raise ValueError("cosmic_scores: the mask has no positive pixel; FNR and AUROC are undefined")
+    tpr = tp / (tp + fn)
+    if tn + fp == 0:
+        warnings.warn(
+            "cosmic_scores: the mask has no negative pixel; AUROC is undefined, one_minus_auroc is NaN "
+            "(the FNR is defined and returned)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        one_minus_auroc = math.nan
+    else:
+        one_minus_auroc = 1.0 - (tpr + tn / (tn + fp)) / 2.0
+    return {"one_minus_auroc": float(one_minus_auroc), "fnr_pct": float(100.0 * (1.0 - tpr))}
 
 
 def vote_records(pred: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -238,32 +252,41 @@ def deepsea_one_minus_auroc(logits: np.ndarray, y: np.ndarray) -> float:
 # Dispatcher
 
 
-def _psicov_from_canvas(outputs: Mapping[str, np.ndarray]) -> float:
+def _psicov_from_canvas(outputs: Mapping[str, np.ndarray | Sequence[np.ndarray]]) -> float:
     """MAE8 from evaluation canvases: each protein's L x L block of the prediction and of the true distances
     (``protein_block``); pairs that ``mask`` marks unknown (stored as 0 in the y canvas) become NaN. Without
-    ``mask``, distances <= 0 are unknown (real ones are >= 1 Å)."""
-    pred, y, length = (np.asarray(outputs[k]) for k in ("pred", "y", "length"))
-    known = np.asarray(outputs["mask"], dtype=bool) if "mask" in outputs else y > 0
-    _same_length("psicov", pred=pred, y=y, length=length, mask=known)
+    ``mask``, distances <= 0 are unknown (real ones are >= 1 Å). ``pred``, ``y`` and ``mask`` are arrays
+    (B, 1, S, S) or, where batches had different canvas sizes, sequences of per-protein (1, S_b, S_b)."""
+    pred, y = outputs["pred"], outputs["y"]
+    length = np.asarray(outputs["length"], dtype=np.int64).reshape(-1)
+    mask = outputs.get("mask")
+    _same_length("psicov", pred=pred, y=y, length=length, **({} if mask is None else {"mask": mask}))
     preds, targets = [], []
-    for b, n in enumerate(np.asarray(length, dtype=np.int64)):
-        preds.append(protein_block(pred[b].reshape(pred.shape[-2:]), int(n)))
-        block = protein_block(y[b].reshape(y.shape[-2:]).astype(np.float64), int(n))
-        targets.append(np.where(protein_block(known[b].reshape(known.shape[-2:]), int(n)), block, np.nan))
+    for b, n in enumerate(length):
+        p, t = np.asarray(pred[b]), np.asarray(y[b], dtype=np.float64)
+        known = t > 0 if mask is None else np.asarray(mask[b], dtype=bool)
+        if not p.shape[-2:] == t.shape[-2:] == known.shape[-2:]:
+            raise ValueError(f"psicov: protein {b}: canvases {p.shape}, {t.shape}, {known.shape} differ")
+        preds.append(protein_block(p.reshape(p.shape[-2:]), int(n)))
+        block = protein_block(t.reshape(t.shape[-2:]), int(n))
+        targets.append(np.where(protein_block(known.reshape(known.shape[-2:]), int(n)), block, np.nan))
     return psicov_mae8(preds, targets)
 
 
-def score(task: str, outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
+def score(task: str, outputs: Mapping[str, np.ndarray | Sequence[np.ndarray]]) -> dict[str, float]:
     """The task's metric(s), lower-is-better, keyed as in paper_results.csv (:data:`TASK_METRICS`).
 
-    ``outputs`` holds the evaluation split concatenated in loader order: ``pred`` (logits for classification
-    and Cosmic; the decoded prediction for Darcy; the predicted distance canvas (B, 1, S, S) for PSICOV,
-    one canvas size for the whole split), ``y`` and, where the task's batches carry them, ``group``,
-    ``length`` and ``mask``. Cosmic's ``mask`` (the
-    loss's ignore mask) is not used by the metric.
+    ``outputs`` holds the evaluation split in loader order: ``pred`` (logits for classification and Cosmic;
+    the decoded prediction for Darcy; the predicted distance canvases for PSICOV), ``y`` and, where the
+    task's batches carry them, ``group``, ``length`` and ``mask``. Each is one array concatenated over the
+    batches or, for PSICOV, whose canvas grows with its longest protein, a sequence of per-protein arrays
+    when the batches' canvases differ (:func:`nb360.train.loop.predict`). Cosmic's ``mask`` (the loss's
+    ignore mask) is not used by the metric.
     """
     if task not in TASK_METRICS:
         raise KeyError(f"unknown task {task!r}; known: {', '.join(TASK_METRICS)}")
+    if task == "psicov":
+        return {"mae8": _psicov_from_canvas(outputs)}
     pred, y = outputs["pred"], outputs["y"]
     if task in ("cifar100", "spherical", "ninapro", "satellite"):
         return {"error_pct": zero_one_error_pct(pred, y)}
@@ -271,8 +294,6 @@ def score(task: str, outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
         return {"one_minus_map": fsd50k_one_minus_map(pred, y, outputs["group"])}
     if task == "darcy":
         return {"rel_l2": relative_l2(pred, y)}
-    if task == "psicov":
-        return {"mae8": _psicov_from_canvas(outputs)}
     if task == "cosmic":
         return cosmic_scores(pred, y)
     if task == "ecg":

@@ -5,14 +5,15 @@ counts ``gpu`` against ``--resources gpu=N``, and a SLURM run, where the executo
 ``--mem``, ``-t``, ``--cpus-per-task`` and ``--gpus``. A profile can still override any of them per rule
 (``set-resources``). Memory and run time grow with the attempt, so a job that was killed for running out of
 either is resubmitted with more (``retries`` in the profile); training resumes from its last checkpoint.
+Snakemake evaluates these while it builds the DAG, so this module imports only the light method registry.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from nb360.methods import get_method
 from nb360.methods.budgets import check_budget
+from nb360.methods.registry import method_info
 
 STAGES = ("data", "search", "search_worker", "retrain", "report")
 
@@ -60,5 +61,5 @@ def job_resources(
         base,
         mem_mb=base.mem_mb * attempt,
         runtime=base.runtime * attempt,
-        gpu=0 if device == "cpu" or (method and stage in get_method(method).cpu_only) else base.gpu,
+        gpu=0 if device == "cpu" or (method and stage in method_info(method).cpu_only) else base.gpu,
     )

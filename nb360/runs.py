@@ -14,12 +14,14 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from nb360.data.shards import atomic_write_text
-from nb360.train import RunResult
+
+if TYPE_CHECKING:  # nb360.train imports torch, which the report jobs that read runs do not need
+    from nb360.train import RunResult
 
 ARCH_FORMAT = "nb360-arch/1"
 

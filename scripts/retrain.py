@@ -5,14 +5,20 @@ from pathlib import Path
 import _repo_path  # noqa: F401 (nb360 importable in conda environments)
 import torch
 
+from nb360.attempts import job_attempt
 from nb360.devices import claim_device, job_device
 from nb360.logs import log_to
 from nb360.methods import RunContext, get_method
 from nb360.runs import write_run
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
-# The device is claimed inside the log, so waiting for a GPU or failing to get one is logged.
-with log_to(smk.log[0]), claim_device(job_device(smk.params.device, smk.resources)) as placement:
+# The device is claimed inside the log, so waiting for a GPU or failing to get one is logged; every attempt
+# of the job, killed ones too, is recorded for the cost table (nb360.attempts).
+with (
+    log_to(smk.log[0]),
+    claim_device(job_device(smk.params.device, smk.resources)) as placement,
+    job_attempt(smk, smk.output.scores, placement),
+):
     torch.set_num_threads(smk.threads)
     ctx = RunContext.for_job(
         smk,

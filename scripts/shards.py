@@ -10,5 +10,9 @@ from nb360.logs import log_to
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 with log_to(smk.log[0]):
     build_shards(
-        smk.wildcards.task, smk.input[0], Path(smk.output[0]).parent, provenance=smk.params.provenance
+        smk.wildcards.task,
+        smk.input[0],
+        Path(smk.output[0]).parent,
+        provenance=smk.params.provenance,
+        allow_partial=smk.params.allow_partial,
     )

@@ -4,6 +4,7 @@ evaluation batches."""
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -213,6 +214,19 @@ def test_psicov_score_cuts_each_protein_with_its_own_length():
     assert score("psicov", outputs)["mae8"] == pytest.approx((1.0 + 1.5) / 2)
 
 
+def test_psicov_score_takes_per_protein_canvases_of_different_sizes():
+    """Batches with different canvas sizes come as per-protein lists (nb360.train.loop.predict)."""
+    preds, targets = _psicov_case()
+    small = _psicov_canvas(preds[:2], targets[:2], size=40)
+    big = _psicov_canvas(preds[2:], targets[2:], size=64)
+    outputs = {k: [*small[k], *big[k]] for k in ("pred", "y", "mask")}
+    outputs["length"] = np.concatenate([small["length"], big["length"]])
+    assert score("psicov", outputs) == {"mae8": pytest.approx(PSICOV_EXPECTED)}
+    outputs["y"][2] = outputs["y"][2][:, :40, :40]
+    with pytest.raises(ValueError, match="protein 2: canvases"):
+        score("psicov", outputs)
+
+
 # -----------------------------------------------------------------------------------------------------------
 # Cosmic
 
@@ -247,8 +261,18 @@ def test_cosmic_auroc_agrees_with_sklearn_on_random_frames():
         assert got["fnr_pct"] == pytest.approx(100 * (1 - tpr))
 
 
+def test_cosmic_fnr_without_negative_pixels_auroc_reported_as_nan():
+    # every pixel is a cosmic ray: FNR = FN / (FN + TP) needs positives only; AUROC needs both classes
+    logits = np.array([[[0.9, 0.2], [0.6, 0.5]]])  # TP 2 (0.9, 0.6), FN 2 (0.2, 0.5 not > 0.5)
+    with pytest.warns(RuntimeWarning, match="no negative pixel"):
+        got = cosmic_scores(logits, np.ones_like(logits))
+    assert got["fnr_pct"] == pytest.approx(50.0) and math.isnan(got["one_minus_auroc"])
+    with pytest.warns(RuntimeWarning):
+        assert score("cosmic", {"pred": logits, "y": np.ones_like(logits)})["fnr_pct"] == pytest.approx(50.0)
+
+
 def test_cosmic_degenerate_or_soft_masks_are_errors():
-    with pytest.raises(ValueError, match="positive and negative"):
+    with pytest.raises(ValueError, match="no positive pixel"):
         cosmic_scores(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)))
     with pytest.raises(ValueError, match="binary"):
         cosmic_scores(np.zeros((1, 2, 2)), np.full((1, 2, 2), 0.3))

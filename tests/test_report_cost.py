@@ -4,6 +4,11 @@ folders (fake scores.json, arch.json, worker records and Snakemake benchmark fil
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import jinja2
@@ -14,6 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import ConnectionStyle, FancyArrowPatch
 
+from nb360.attempts import AttemptRecord, attempts_path, read_attempts, record_attempt
+from nb360.models import create_model
 from nb360.report.architectures import (
     _curve_mid,
     architecture_table,
@@ -30,8 +37,11 @@ from nb360.report.cost import (
     seed_costs,
     write_cost,
 )
-from nb360.runs import write_arch
+from nb360.runs import write_arch, write_run
 from nb360.search.darts_space import Genotype
+from nb360.tasks import get_task
+from nb360.train import TrainConfig, fit, seed_everything
+from nb360.train.loop import FitHook
 
 CAPTIONS = Path(__file__).resolve().parents[1] / "workflow" / "report"
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -246,7 +256,7 @@ def test_worker_on_cuda_counts_gpu_hours_under_a_cpu_search(tmp_path):
 
 def test_cost_table_means_over_seeds_in_table_order(results):
     table = cost_table(seed_costs(*results))
-    assert table["method"].tolist() == ["wrn", "wrn_asha", "gaea"]  # METHOD_ORDER, not file order
+    assert table["method"].tolist() == ["wrn", "wrn_asha", "gaea"]  # registry order, not file order
     wrn = table.set_index("method").loc["wrn"]
     assert wrn["retrain_h"] == pytest.approx((0.1 + 0.3) / 2)
     assert wrn["cpu_core_h"] == pytest.approx((0.2 + 0.3) / 2)
@@ -301,7 +311,7 @@ def test_write_cost_outputs(tmp_path, results):
     md = paths["md"].read_text()
     assert md.startswith("**Table.** Compute cost per task and method on embedded data")
     assert "mean over 1–2 seeds" in md
-    assert "| ECG | WRN-ASHA | cpu | 1.75 | 0.2 | 1.95 | 0 | 1.92 | 1 |" in md
+    assert "| ECG | WRN-ASHA | cpu | 1.75 | 0.2 | 1.95 | 0 | 1.92 | 1 | 4 | 4 |\n" in md
     _check_figure([out / "error_vs_cost.png", out / "error_vs_cost.pdf"])
 
 
@@ -426,3 +436,122 @@ def test_captions_render(name, source):
         settings_overrides={"halt_level": 2, "report_level": 2},
     )
     assert source in html["html_body"]
+
+
+# ------------------------------------------------------------------------------------------- attempts
+
+KILLED_AFTER_TWO_EPOCHS = """
+import os, signal, sys
+from nb360.attempts import record_attempt
+from nb360.models import create_model
+from nb360.tasks import get_task
+from nb360.train import TrainConfig, fit, seed_everything
+from nb360.train.loop import FitHook
+
+class Kill(FitHook):
+    def epoch_end(self, epoch, record):
+        if epoch == 2:  # during the third epoch's bookkeeping: two epochs are checkpointed
+            os.kill(os.getpid(), signal.SIGKILL)
+
+manifest, checkpoint, attempts = sys.argv[1:]
+with record_attempt(attempts, device="cpu", heartbeat_s=3600):
+    seed_everything(0)
+    model = create_model("wrn", get_task("satellite"), width=0.25)
+    cfg = TrainConfig(epochs=5, lr=0.1, batch_size=256, max_batches_per_epoch=2)
+    fit(model, manifest, cfg, seed=0, device="cpu", checkpoint=checkpoint, hooks=[Kill()])
+"""
+
+
+class _FailAt(FitHook):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def epoch_end(self, epoch, record):
+        if epoch == self.epoch:
+            raise FloatingPointError("loss is nan")
+
+
+def test_a_killed_and_a_failed_attempt_count_in_the_cost_table(embedded, tmp_path):
+    """One retrain job in three attempts, as Snakemake (with retries) would run it: killed by SIGKILL
+    after two epochs, resumed and failed after another, resumed and done. The benchmark file holds only
+    the last attempt; the cost counts all three."""
+    manifest = embedded.build("satellite")[1]
+    d = tmp_path / "results" / "runs" / "satellite" / "wrn" / "seed0"
+    d.mkdir(parents=True)
+    ckpt, scores = d / "checkpoint.pt", d / "scores.json"
+    env = {**os.environ, "PYTHONPATH": str(CAPTIONS.parents[1])}
+    args = [str(manifest), str(ckpt), str(attempts_path(scores))]
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_TWO_EPOCHS, *args], env=env)
+    assert killed.returncode == -signal.SIGKILL
+    cfg = TrainConfig(epochs=5, lr=0.1, batch_size=256, max_batches_per_epoch=2)
+
+    def attempt(hooks):
+        with record_attempt(attempts_path(scores), device="cpu", heartbeat_s=3600):
+            seed_everything(0)
+            model = create_model("wrn", get_task("satellite"), width=0.25)
+            return fit(model, manifest, cfg, seed=0, device="cpu", checkpoint=ckpt, hooks=hooks)
+
+    with pytest.raises(FloatingPointError):
+        attempt([_FailAt(3)])
+    result = attempt([])
+    assert len(result.history) == 5
+    meta = {"task": "satellite", "method": "wrn", "seed": 0, **META}
+    write_run(result, scores, d / "history.json", meta)
+    bench(d / "benchmark.tsv", 100.0, 90.0)  # Snakemake's file: the last attempt only
+
+    first, second, third = read_attempts(attempts_path(scores))
+    assert (first.status, first.progress, first.device) == ("running", "retrain epoch 2/5", "cpu")
+    assert (second.status, second.progress) == ("failed", "retrain epoch 3/5")
+    assert "FloatingPointError: loss is nan" in second.error and third.status == "done"
+    job = job_costs([scores]).iloc[0]
+    assert job["attempts"] == 3 and job["attempts_recorded"]
+    assert job["wall_h"] == pytest.approx((100.0 + first.wall_s + second.wall_s) / 3600)
+    assert job["cpu_core_h"] == pytest.approx((90.0 + first.cpu_s + second.cpu_s) / 3600)
+    assert first.wall_s > 0 and second.wall_s > 0  # both earlier attempts trained, so both cost something
+    out = tmp_path / "out"
+    table = write_cost(
+        [scores], [], [], csv=out / "c.csv", md=out / "c.md", seeds_csv=out / "s.csv", figure=out / "f"
+    )
+    assert table[["jobs", "attempts"]].values.tolist() == [[1, 3]]
+    assert table["retrain_h"].iloc[0] == pytest.approx(job["wall_h"])
+    assert "| Seeds | Jobs | Attempts |" in (out / "c.md").read_text()
+
+
+def attempt_lines(path: Path, *attempts: tuple[str, float, str]) -> None:
+    """An attempts file of (status, wall seconds, device) records."""
+    lines = [
+        json.dumps(asdict(AttemptRecord(i, status, "t0", "t1", wall, wall / 2, device)))
+        for i, (status, wall, device) in enumerate(attempts, 1)
+    ]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def test_earlier_attempts_on_their_own_devices(results):
+    runs, searches, workers = results
+    # the gaea search: killed once on a GPU; an ASHA worker: killed on the CPU, then done
+    attempt_lines(attempts_path(searches[1]), ("running", 1800.0, "cuda"), ("done", 5400.0, "cuda"))
+    attempt_lines(attempts_path(workers[0]), ("failed", 360.0, "auto"), ("done", 1800.0, "cpu"))
+    # the retraining of wrn seed 0: an earlier, successful run (before a --forcerun) is not charged
+    attempt_lines(
+        attempts_path(runs[0]), ("done", 99.0, "cpu"), ("running", 720.0, "cuda"), ("done", 360, "cpu")
+    )
+    jobs = job_costs(*results).set_index(["method", "seed", "job"])
+    gaea = jobs.loc[("gaea", 0, "search")]
+    assert (gaea["attempts"], gaea["wall_h"], gaea["gpu_h"]) == (2, 2.0, 2.0)
+    assert gaea["cpu_core_h"] == pytest.approx((5000 + 900) / 3600)
+    w0 = jobs.loc[("wrn_asha", 0, "worker0")]
+    assert (w0["attempts"], w0["wall_h"], w0["gpu_h"], w0["device"]) == (2, 0.6, 0.0, "cpu")
+    wrn = jobs.loc[("wrn", 0, "retrain")]
+    assert (wrn["attempts"], wrn["wall_h"], wrn["gpu_h"], wrn["device"]) == (2, 0.3, 0.2, "cpu+cuda")
+    assert not jobs.loc[("wrn", 1, "retrain"), "attempts_recorded"]  # no file: its benchmark alone
+    assert jobs.loc[("wrn", 1, "retrain"), "attempts"] == 1
+    seeds = seed_costs(*results).set_index(["method", "seed"])
+    assert seeds.loc[("wrn_asha", 0), ["jobs", "attempts"]].tolist() == [4, 5]
+    assert seeds.loc[("gaea", 0), "search_h"] == pytest.approx(2.0)
+    table = cost_table(seed_costs(*results)).set_index("method")
+    assert table.loc["wrn", ["jobs", "attempts"]].tolist() == [2, 3]
+    assert table.loc["wrn", "device"] == "cpu+cuda"
+    # an attempt on an unknown device cannot be counted
+    attempt_lines(attempts_path(runs[3]), ("running", 10.0, "mps"), ("done", 1800.0, "cuda"))
+    with pytest.raises(ValueError, match=r"attempts\.jsonl, attempt 1: device 'mps' is neither CPU nor CUDA"):
+        job_costs(*results)

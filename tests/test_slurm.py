@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from datetime import datetime
 from itertools import combinations
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from nb360.attempts import attempts_path, read_attempts
+from nb360.report.cost import job_costs
 from nb360.resources import job_resources
 from tests.conftest import REPO, lock_pins
 from tests.slurm_cluster import LocalSlurm, missing_binaries, unavailable_reason
@@ -292,6 +295,14 @@ def test_slice_runs_through_sbatch_on_allotted_gpus_with_the_local_results(tmp_p
     assert [line.split("|")[1] for line in requeues.split()] == ["REQUEUED", "COMPLETED"], requeues
     log = (remote / f"logs/retrain/{TASK}/wrn/seed0.log").read_text()
     assert re.search(rf"resuming {TASK} from \S+checkpoint.pt after epoch [1-9]", log), log[-3000:]
+    # Both runs of that SLURM job are attempts of the job, and the cost table counts them.
+    scores = remote / f"results/runs/{TASK}/wrn/seed0/scores.json"
+    tried = read_attempts(attempts_path(scores))
+    with capsys.disabled():
+        print(f"[test_slurm] attempts of the preempted job: {[asdict(a) for a in tried]}")
+    assert len(tried) >= 2 and tried[-1].status == "done", tried
+    assert {a.slurm_job_id for a in tried} == {preempted}, tried
+    assert job_costs([scores]).iloc[0]["attempts"] == len(tried)
 
     # (6) The harness stopped every daemon it started.
     alive = [f"{d.name}={d.pid}" for d in started if d.alive()]

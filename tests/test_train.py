@@ -1,16 +1,20 @@
 """The training loop: protocol, determinism, resumption, losses, and the two baseline methods."""
 
+import contextlib
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from nb360.data.loader import make_loader
+from nb360.data.shards import read_manifest
 from nb360.methods import RunContext, get_method
 from nb360.models import create_model
 from nb360.tasks import get_task
-from nb360.train import TrainConfig, fit, seed_everything
-from nb360.train.loop import phase_splits
+from nb360.train import TrainConfig, evaluate, fit, loop, seed_everything
+from nb360.train.loop import _Accelerator, phase_splits, predict
 from nb360.train.losses import make_loss
 
 CFG = TrainConfig(epochs=3, lr=0.1, batch_size=256, max_batches_per_epoch=4)
@@ -47,7 +51,8 @@ def test_protocol_schedule_and_splits(embedded, tmp_path):
     assert run.eval_splits == ("val",) and all(set(h["val"]) == {"error_pct"} for h in run.history)
     spec = get_task("satellite")
     assert phase_splits(spec, "retrain") == (("train", "val"), ("test",))
-    assert phase_splits(get_task("deepsea"), "retrain") == (("train",), ("test",))
+    for task in ("deepsea", "fsd50k"):  # the original retrains these on the training split only
+        assert phase_splits(get_task(task), "retrain") == (("train",), ("test",))
 
 
 def test_checkpoint_of_another_configuration_is_not_resumed(embedded, tmp_path, caplog):
@@ -67,7 +72,8 @@ def test_corrupt_checkpoint_names_the_file(embedded, tmp_path):
 def test_losses_by_hand():
     darcy = get_task("darcy")
     s = 85
-    normaliser = {"eps": 0.0, "train": {"y_mean": np.full((s, s), 1.0), "y_std": np.full((s, s), 2.0)}}
+    stats = {"y_mean": np.full((s, s), 1.0), "y_std": np.full((s, s), 2.0)}
+    normaliser = {"eps": 0.0, "ddof": 1, "train": stats}
     rel = make_loss(darcy, normaliser, ("train",))
     out = torch.zeros(2, 1, s, s)  # decodes to 1 everywhere
     y = torch.stack([torch.full((1, s, s), 2.0), torch.full((1, s, s), 4.0)])
@@ -113,3 +119,80 @@ def test_a_checkpoint_of_another_architecture_is_not_resumed(embedded, tmp_path,
     result = fit(other, manifest, CFG, seed=3, device="cpu", checkpoint=ckpt)
     assert len(result.history) == CFG.epochs and "another architecture" in caplog.text
     assert torch.load(ckpt, weights_only=True)["model"].keys() == other.state_dict().keys()
+
+
+class _Bf16OnCpu(_Accelerator):
+    """The CUDA accelerator's mixed precision, emulated on the CPU: training forwards under bf16 autocast."""
+
+    def __init__(self, device: torch.device, spatial_dim: int, amp: bool = True):
+        super().__init__(device, spatial_dim, amp)
+        self.amp = amp
+
+
+def test_evaluation_outputs_are_float32_when_training_runs_under_bf16(embedded):
+    spec, manifest = get_task("darcy"), embedded.manifest("darcy")
+    seed_everything(0)
+    model = create_model("wrn", spec, width=0.25).eval()
+    fit_splits = phase_splits(spec, "search")[0]
+    batches = list(
+        itertools.islice(make_loader(manifest, ("val",), 4, train=False, fit_splits=fit_splits), 2)
+    )
+    accel = _Bf16OnCpu(torch.device("cpu"), spec.dim)
+    with torch.no_grad():
+        reference = torch.cat([model(b["x"]) for b in batches])
+        with accel.autocast():
+            mixed = torch.cat([model(b["x"]) for b in batches])
+    assert mixed.dtype == torch.bfloat16  # the emulation is real: training forwards are bf16
+    assert not torch.equal(mixed.float(), reference)
+    norm = manifest["normaliser"]
+    decoded = spec.decode_output(reference, norm, fit_splits).numpy()
+    for outer in (contextlib.nullcontext(), accel.autocast()):  # also inside a caller's autocast region
+        with outer:
+            out = predict(model, spec, batches, norm, fit_splits, accel)
+        assert out["pred"].dtype == np.float32
+        np.testing.assert_array_equal(out["pred"], decoded)
+
+
+def test_fit_under_bf16_reports_float32_metrics(embedded, monkeypatch):
+    """Search validation and the final report of a bf16-trained model equal a float32 evaluation."""
+    manifest = embedded.build("darcy")[1]
+    spec = get_task("darcy")
+    monkeypatch.setattr(loop, "_Accelerator", _Bf16OnCpu)
+    seed_everything(0)
+    model = create_model("wrn", spec, width=0.25)
+    cfg = TrainConfig(epochs=1, lr=0.01, batch_size=4, max_batches_per_epoch=2, max_eval_batches=2)
+    result = fit(model, manifest, cfg, phase="search", device="cpu")
+    fit_splits, eval_splits = phase_splits(spec, "search")
+    fp32 = _Accelerator(torch.device("cpu"), spec.dim)
+    expected = evaluate(model, spec, read_manifest(manifest), eval_splits, fit_splits, 4, fp32, 2)
+    assert result.history[0]["val"] == expected == result.metrics
+    bf16 = loop._Accelerator(torch.device("cpu"), spec.dim)
+    monkeypatch.setattr(bf16, "evaluation", bf16.autocast)  # what evaluation did before: bf16 outputs
+    assert evaluate(model, spec, read_manifest(manifest), eval_splits, fit_splits, 4, bf16, 2) != expected
+
+
+def test_an_unwritable_checkpoint_folder_stops_the_run_before_training(embedded, tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the checkpoint's folder should be")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(loop, "make_loader", no_training)
+    ckpt = blocker / "run" / "checkpoint.pt"
+    with pytest.raises(RuntimeError, match=r"checkpoint .*not_a_folder/run/checkpoint\.pt cannot be written"):
+        fit(_model(), embedded.build("satellite")[1], CFG, device="cpu", checkpoint=ckpt)
+
+
+def test_a_failed_checkpoint_write_names_the_file(embedded, tmp_path, monkeypatch):
+    def disk_full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    with pytest.raises(
+        RuntimeError, match=r"checkpoint .*run/checkpoint\.pt cannot be written .*file write failed"
+    ):
+        fit(_model(), embedded.build("satellite")[1], CFG, device="cpu", checkpoint=ckpt)
+    assert list(ckpt.parent.iterdir()) == []  # neither the partial temporary file nor the probe is left

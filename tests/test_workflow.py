@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +15,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from nb360.attempts import attempts_path, read_attempts
 from nb360.data.loader import ShardDataset
-from nb360.tasks import get_task
+from nb360.data.pipeline import generate_embedded
+from nb360.report.cost import benchmark_path, job_costs, read_benchmark
+from nb360.tasks import get_task, list_tasks
 from tests.conftest import PYPI_CACHE, REPO
 
 
@@ -64,6 +66,52 @@ def test_unknown_task_is_refused(tmp_path):
     assert proc.returncode != 0 and "'cifar10' is not one of" in proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("overlay", "cli", "expected"),
+    [
+        # An overlay's unknown method is the overlay's error, not config.yaml's.
+        ({"methods": ["wrn", "wrn_width"]}, [], "overlay.yaml: unknown method(s) wrn_width;"),
+        (None, ["--config", "methods=[wrn,wrn_width]"], "--config: unknown method(s) wrn_width;"),
+        # An overlay that leaves methods alone: config.yaml set them.
+        ({"train": {"budget": "paper"}}, [], "config.yaml: unknown method(s) wrn_width;"),
+        ({"methods": ["densenas_random"]}, [], "overlay.yaml: method(s) densenas_random need the search of"),
+    ],
+)
+def test_config_errors_name_the_file_or_option_that_set_the_value(tmp_path, overlay, cli, expected):
+    wd = _workdir(tmp_path)
+    _config(wd, methods=["wrn", "wrn_width"])
+    args = list(cli)
+    if overlay is not None:
+        (wd / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+        args += ["--configfile", str(wd / "overlay.yaml")]
+    proc = _snakemake(wd, "-n", "--cores", "1", *args)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and expected in out, out[-3000:]
+    origin = expected.split(":")[0]
+    fix = "`--config methods=...`" if origin == "--config" else f"(`methods` in {origin})"
+    assert fix in out, out[-3000:]
+
+
+def test_parsing_the_workflow_imports_no_torch_nor_any_method_module(tmp_path):
+    """Every Snakemake start (each cluster job's too) parses the workflow: it reads the light method
+    registry and leaves torch, scipy, optuna and the methods' modules to the jobs that run them."""
+    from nb360.methods import list_methods, method_info
+
+    wd = _workdir(tmp_path)
+    _config(wd, methods=list_methods(), seeds=[0, 1])
+    cmd = _snakemake_cmd(wd, "-n", "--cores", "1")
+    proc = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")
+    }
+    assert "nb360.methods.registry" in imported and "nb360.resources" in imported
+    heavy = {"torch", "scipy", "optuna", "h5py", "sklearn", "matplotlib"}  # Snakemake itself loads numpy, PIL
+    assert not {m for m in imported if m.split(".")[0] in heavy}
+    assert not {method_info(m).module for m in list_methods()} & imported
+    assert not {m for m in imported if m.split(".")[:2] in (["nb360", "tasks"], ["nb360", "train"])}
+
+
 @pytest.mark.integration
 def test_data_target_builds_shards_of_every_task_from_nothing(tmp_path):
     wd = _workdir(tmp_path)
@@ -81,34 +129,41 @@ def test_data_target_builds_shards_of_every_task_from_nothing(tmp_path):
 
 
 @pytest.mark.integration
-def test_real_source_uses_hand_placed_official_files(tmp_path, embedded):
-    """`data.source: real` is the only switch: official files placed by hand are verified and sharded."""
+def test_real_source_uses_hand_placed_official_files(tmp_path):
+    """`data.source: real` on official-format files of all ten tasks (the embedded generators' output, placed
+    by hand, no lock file): their item counts are far below the complete release's, so the shards step stops
+    each task whose counts are documented; `data.allow_partial: true` builds them all, unpinned."""
     raw = tmp_path / "raw"
-    shutil.copytree(
-        embedded.raw_dir("satellite"), raw / "satellite", ignore=shutil.ignore_patterns("raw.json")
-    )
+    for task in list_tasks():
+        generate_embedded(task, raw, seed=0, cache_dir=PYPI_CACHE)
+        (raw / task / "raw.json").unlink()
+    lock = tmp_path / "lock.json"
     wd = _workdir(
-        tmp_path,
-        source="real",
-        raw_dir=str(raw),
-        lockfile=str(tmp_path / "lock.json"),
-        mirror="http://127.0.0.1:9/",
+        tmp_path / "wd", source="real", raw_dir=str(raw), lockfile=str(lock), mirror="http://127.0.0.1:9/"
     )
-    cfg = yaml.safe_load((wd / "config.yaml").read_text())
-    cfg["tasks"] = ["satellite"]
-    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
-    proc = _snakemake(wd, "--cores", "1", "data")
+    proc = _snakemake(wd, "--cores", "2", "--keep-going", "data")
+    assert proc.returncode != 0
+    unchecked = {t for t in list_tasks() if not get_task(t).real_counts.splits}
+    assert unchecked == {"fsd50k", "ecg"}
+    for task in list_tasks():
+        log = (wd / "logs" / "data" / "shards" / f"{task}.log").read_text()
+        if task in unchecked:
+            assert "item counts not checked" in log, task
+        else:
+            assert "not the complete official release" in log and "data.allow_partial: true" in log, task
+    # Only the files of the tasks whose counts are not checked were read to the end and pinned.
+    pinned = {key.split("/")[0] for key in json.loads(lock.read_text())["files"]}
+    assert pinned == unchecked
+    assert "FIRST COPY OF ecg/challenge2017.pkl" in (wd / "logs/data/shards/ecg.log").read_text()
+
+    _config(wd, data={**yaml.safe_load((wd / "config.yaml").read_text())["data"], "allow_partial": True})
+    proc = _snakemake(wd, "--cores", "2", "data")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    manifest = json.loads((wd / "results" / "shards" / "satellite" / "manifest.json").read_text())
-    assert manifest["source"] == "real"
-    assert set(json.loads((tmp_path / "lock.json").read_text())["files"]) == {
-        "satellite/satellite_train.npy",
-        "satellite/satellite_test.npy",
-    }
-    assert (
-        "FIRST COPY OF satellite/satellite_train.npy"
-        in (wd / "logs/data/fetch_raw/satellite.log").read_text()
-    )
+    for task in list_tasks():
+        manifest = json.loads((wd / "results" / "shards" / task / "manifest.json").read_text())
+        assert manifest["source"] == "real"
+        assert manifest["provenance"]["complete"] is (task in unchecked), task
+    assert {key.split("/")[0] for key in json.loads(lock.read_text())["files"]} == unchecked
 
 
 def _config(wd: Path, **top) -> None:
@@ -119,7 +174,8 @@ def _config(wd: Path, **top) -> None:
 
 @pytest.mark.integration
 def test_killed_retrain_job_resumes_from_its_checkpoint(tmp_path):
-    """A retrain job killed after its first epoch is resumed by the next run and ends with equal metrics."""
+    """A retrain job killed after its first epoch is resumed by the next run and ends with equal metrics;
+    the cost counts both attempts."""
     target = "results/runs/satellite/wrn/seed0/scores.json"
     whole = _workdir(tmp_path / "whole")
     killed = _workdir(tmp_path / "killed")
@@ -148,6 +204,16 @@ def test_killed_retrain_job_resumes_from_its_checkpoint(tmp_path):
     a = json.loads((whole / target).read_text())
     b = json.loads((killed / target).read_text())
     assert a["metrics"] == b["metrics"]
+    # Snakemake's benchmark file holds the second attempt only; the attempts file beside it both
+    first, second = read_attempts(attempts_path(killed / target))
+    assert (first.status, second.status) == ("running", "done")
+    assert first.job == {"rule": "retrain", "task": "satellite", "method": "wrn", "seed": "0"}
+    job = job_costs([killed / target]).iloc[0]
+    assert job["attempts"] == 2
+    assert job["wall_h"] == pytest.approx(
+        read_benchmark(benchmark_path(killed / target)).seconds / 3600 + first.wall_s / 3600
+    )
+    assert job_costs([whole / target]).iloc[0]["attempts"] == 1
 
 
 @pytest.mark.integration

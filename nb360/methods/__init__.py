@@ -1,19 +1,20 @@
-"""Method registry. Importing this package registers every method (one module per method)."""
+"""Methods: the registry (:mod:`nb360.methods.registry`, metadata only) and each method's module.
 
-import importlib
+Importing this package is cheap (no torch, scipy or optuna): the workflow reads the registry when it parses,
+and :func:`get_method` imports a method's module only when a job runs it. A new method is one module plus
+one entry in ``nb360/methods/registry.py`` (docs/adding-a-method.md).
+"""
 
-from nb360.methods.base import (
-    Method,
-    RunContext,
-    SearchResult,
-    get_method,
-    list_methods,
-    register_method,
-)
+from nb360.methods.base import Method, RunContext, SearchResult, get_method, register_method
+from nb360.methods.registry import MethodInfo, list_methods, method_info
 
-__all__ = ["Method", "RunContext", "SearchResult", "get_method", "list_methods", "register_method"]
-
-# The method modules, in the order of the tables' rows. A new method is one module plus one entry here.
-METHOD_MODULES = ("trivial", "wrn", "wrn_asha", "darts", "random_search", "densenas")
-for _module in METHOD_MODULES:
-    importlib.import_module(f"{__name__}.{_module}")
+__all__ = [
+    "Method",
+    "MethodInfo",
+    "RunContext",
+    "SearchResult",
+    "get_method",
+    "list_methods",
+    "method_info",
+    "register_method",
+]

@@ -1,4 +1,4 @@
-"""The method registry: each method (baseline or search algorithm) is one module and one entry.
+"""The method contract: what a method (baseline or search algorithm) implements, and its registration.
 
 A method turns a task's shards into a :class:`~nb360.train.RunResult` (``retrain``: train on train + val,
 report on test). A search method first runs ``search``: it returns a :class:`SearchResult` whose
@@ -7,18 +7,27 @@ architecture the workflow writes to ``results/search/{task}/{method}/seed{seed}/
 (e.g. ASHA on SLURM, one job per worker) also defines ``search_worker``; the workflow runs it once per
 worker, on one storage under the search's folder, before ``search`` collects the result.
 Snakemake's ``{method}`` wildcard is a registry name.
+
+What the workflow needs to build its DAG (title, whether a method searches, ...) is the method's entry in
+:mod:`nb360.methods.registry`, which imports nothing heavy; this module is light too (the task registry and
+torch are imported when a job builds its context), and :func:`get_method` imports a method's module, with its
+torch and optuna, only when a job runs it.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nb360.tasks import TaskSpec, get_task
-from nb360.train import RunResult
+from nb360.methods.registry import MethodInfo, method_info
+
+if TYPE_CHECKING:
+    from nb360.tasks import TaskSpec
+    from nb360.train import RunResult
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,8 @@ class RunContext:
         """The context of a Snakemake job (its wildcards task/seed, input manifest, params budget/device);
         ``device`` replaces params.device (the one :func:`nb360.devices.claim_device` placed the job on);
         ``extra`` sets the other fields."""
+        from nb360.tasks import get_task  # the task registry imports scipy: only jobs need it
+
         return cls(
             task=get_task(job.wildcards.task),
             manifest=Path(job.input.manifest),
@@ -67,17 +78,33 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class Method:
-    name: str
-    title: str
+    """A method's functions; its metadata is its registry entry (:attr:`info`)."""
+
+    name: str  # a name with an entry in nb360/methods/registry.py
     retrain: Callable[[RunContext], RunResult]
-    description: str = ""
     search: Callable[[RunContext], SearchResult] | None = None
     # Parallel search: one job per worker (worker index 0..workers-1) returns a JSON-able record.
     search_worker: Callable[[RunContext, int], dict[str, Any]] | None = None
-    reads: tuple[str, ...] = ()  # methods whose searched architecture this method's search reads
-    # Stages ("search", "retrain") that never train a network on a GPU: their jobs ask for no GPU, so they
-    # neither hold a GPU slot nor wait in a cluster's GPU queue.
-    cpu_only: tuple[str, ...] = ()
+
+    @property
+    def info(self) -> MethodInfo:
+        return method_info(self.name)
+
+    @property
+    def title(self) -> str:
+        return self.info.title
+
+    @property
+    def description(self) -> str:
+        return self.info.description
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return self.info.reads
+
+    @property
+    def cpu_only(self) -> tuple[str, ...]:
+        return self.info.cpu_only
 
     @property
     def searches(self) -> bool:
@@ -88,8 +115,21 @@ _METHODS: dict[str, Method] = {}
 
 
 def register_method(method: Method) -> Method:
-    if method.search_worker is not None and method.search is None:
-        raise ValueError(f"method {method.name!r} has search workers but no search to collect them")
+    """Register a method's functions (called by its module); they must match its registry entry."""
+    try:
+        info = method_info(method.name)
+    except KeyError:
+        raise ValueError(
+            f"method {method.name!r} has no entry in nb360/methods/registry.py; add a MethodInfo to METHODS"
+        ) from None
+    if not callable(method.retrain):
+        raise TypeError(f"method {method.name!r}: retrain must be a function of a RunContext")
+    if method.searches != info.searches or (method.search_worker is not None) != info.search_workers:
+        raise ValueError(
+            f"method {method.name!r}: its module gives search={method.searches}, "
+            f"search_worker={method.search_worker is not None}, but its entry in nb360/methods/registry.py "
+            f"says searches={info.searches}, search_workers={info.search_workers}; make them agree"
+        )
     if method.name in _METHODS:
         raise ValueError(f"method {method.name!r} is registered twice")
     _METHODS[method.name] = method
@@ -97,11 +137,14 @@ def register_method(method: Method) -> Method:
 
 
 def get_method(name: str) -> Method:
+    """The method ``name``, importing the module its registry entry names on first use."""
+    info = method_info(name)  # KeyError naming the registered methods
+    if name not in _METHODS:
+        importlib.import_module(info.module)
     try:
         return _METHODS[name]
     except KeyError:
-        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(_METHODS)}") from None
-
-
-def list_methods() -> list[str]:
-    return list(_METHODS)
+        raise ValueError(
+            f"method {name!r}: its module {info.module} registers no method of that name "
+            "(register_method(Method(name, ...)))"
+        ) from None

@@ -223,17 +223,10 @@ def retrain_genotype(ctx: RunContext) -> RunResult:
     )
 
 
-def _method(name: str, title: str, description: str) -> Method:
+def _method(name: str) -> Method:
     variant = VARIANTS[name]
-    return Method(
-        name,
-        title,
-        retrain_genotype,
-        description,
-        search=lambda ctx: search_supernet(ctx, variant),
-    )
+    return Method(name, retrain_genotype, search=lambda ctx: search_supernet(ctx, variant))
 
 
-register_method(_method("gaea", "DARTS-GAEA", "GAEA PC-DARTS: partial channels, exponentiated gradient"))
-register_method(_method("darts", "DARTS (1st order)", "DARTS with first-order architecture gradients"))
-register_method(_method("darts2", "DARTS (2nd order)", "DARTS with the unrolled second-order gradient"))
+for _name in VARIANTS:  # gaea, darts, darts2 (titles in nb360/methods/registry.py)
+    register_method(_method(_name))

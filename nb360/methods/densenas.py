@@ -199,16 +199,5 @@ def retrain(ctx: RunContext) -> RunResult:
     return fit(model, ctx.manifest, cfg, "retrain", ctx.seed, ctx.device, ctx.workdir / "checkpoint.pt")
 
 
-register_method(
-    Method("densenas", "DenseNAS", retrain, "densely connected search space, FLOPs-aware", search=search)
-)
-register_method(
-    Method(
-        "densenas_random",
-        "DenseNAS random",
-        retrain,
-        "random architectures of the DenseNAS space under its parameter cap, the best retrained",
-        search=search_random,
-        reads=("densenas",),
-    )
-)
+register_method(Method("densenas", retrain, search=search))
+register_method(Method("densenas_random", retrain, search=search_random))  # reads densenas's arch.json

@@ -64,12 +64,4 @@ def search(ctx: RunContext) -> SearchResult:
     )
 
 
-register_method(
-    Method(
-        "random_search",
-        "Random search",
-        retrain_genotype,
-        "random DARTS cells, each trained briefly, the best retrained",
-        search=search,
-    )
-)
+register_method(Method("random_search", retrain_genotype, search=search))

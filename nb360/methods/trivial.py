@@ -35,12 +35,4 @@ def retrain(ctx: RunContext) -> RunResult:
     return RunResult(metrics, history=[], params=0, phase="retrain", eval_splits=report)
 
 
-register_method(
-    Method(
-        "trivial",
-        "Trivial",
-        retrain,
-        "majority class / label prior / training-mean field",
-        cpu_only=("retrain",),  # counts labels, trains nothing
-    )
-)
+register_method(Method("trivial", retrain))

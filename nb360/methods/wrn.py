@@ -65,6 +65,4 @@ def retrain(ctx: RunContext) -> RunResult:
     )
 
 
-register_method(
-    Method("wrn", "WRN", retrain, "Wide ResNet baseline with the paper's default hyperparameters")
-)
+register_method(Method("wrn", retrain))

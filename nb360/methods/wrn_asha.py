@@ -13,7 +13,9 @@ at most 200 epochs, reduction factor 4 and at most 5 rungs, one bracket (Determi
 the paper ran Spherical in "standard" mode, several brackets, which is not reproduced). Trials train the
 WRN of :mod:`nb360.methods.wrn` with its full 200-epoch schedule (the step decays at 30/60/80 %); pruning
 stops them early. Every trial uses the run's seed for its initialisation and data order, so configurations
-are compared on the same draws. The selection metric is the task's primary validation metric
+are compared on the same draws; trial ``k``'s configuration is fixed by (seed, task, ``k``) and its
+promotions are decided in trial order, so the search's outcome does not depend on how many workers run it
+or how they interleave. The selection metric is the task's primary validation metric
 (:data:`nb360.metrics.PRIMARY_METRIC`; the paper tuned DeepSEA on a "test_mAUC" computed on val).
 
 The workflow runs :func:`worker` as ``ctx.workers`` jobs on one journal file in the search folder, then
@@ -31,7 +33,6 @@ from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
-import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from torch import nn
 
@@ -46,6 +47,8 @@ from nb360.search.asha import (
     AshaConfig,
     AshaReport,
     Objective,
+    Segment,
+    SegmentEnd,
     best_trial,
     open_study,
     run_worker,
@@ -71,8 +74,8 @@ PAPER_MAX_TRIALS = {
 }
 PAPER_MAX_LENGTH, PAPER_REDUCTION_FACTOR, MAX_RUNGS = 200, 4, 5
 # Smoke: 4 trials of at most 2 short epochs at the WRN smoke width, pruned after 1 epoch unless among the
-# best half; validation on a fixed slice of val (nb360.methods.budgets.smoke_validation); the batches per
-# epoch are set per task.
+# best half (of the trials so far, in trial order); validation on a fixed slice of val
+# (nb360.methods.budgets.smoke_validation); the batches per epoch are set per task.
 SMOKE_ASHA = AshaConfig(max_trials=4, max_length=2, reduction_factor=2, max_rungs=MAX_RUNGS)
 SMOKE_TRIAL_BATCHES = {
     "cifar100": 10,
@@ -139,60 +142,68 @@ def study_name(ctx: RunContext) -> str:
         "asha": asdict(asha_config(ctx.task.name, ctx.budget)),
         "trial": asdict(trial_budget(ctx.task.name, ctx.budget)),
         "space": sorted(search_space(ctx.task)),
+        "scheme": "asha-in-trial-order/1",  # trials fixed by number, decisions in trial order
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"wrn_asha-{ctx.task.name}-seed{ctx.seed}-{ctx.budget}-{digest}"
 
 
-def _objective(ctx: RunContext, config: AshaConfig, name: str, index: int) -> Objective:
+def _objective(ctx: RunContext) -> Objective:
     b = trial_budget(ctx.task.name, ctx.budget)
     primary = metrics.PRIMARY_METRIC[ctx.task.name]
-    device = str(resolve_device(ctx.device))
-    checkpoints = ctx.workdir / "trials"
-    checkpoints.mkdir(parents=True, exist_ok=True)
 
-    def objective(trial: optuna.Trial, slot: int) -> float:
+    def objective(segment: Segment) -> float | None:
         seed_everything(ctx.seed)  # the same initialisation and data order for every configuration
-        model = build_model(ctx.task, b, trial.params.get("dropout"))
-        cfg = tuned_config(ctx.task.name, b, trial.params)
+        model = build_model(ctx.task, b, segment.params.get("dropout"))
+        cfg = tuned_config(ctx.task.name, b, segment.params)
         if check_budget(ctx.budget) == "smoke":
             cfg = replace(cfg, **smoke_validation(ctx.task.name))
-        # Per study and slot, so that the retry of a killed trial (same slot, same configuration)
-        # resumes its checkpoint, and no other study's.
-        ckpt = checkpoints / f"{name}-worker{index}-slot{slot}.pt"
-        trial.set_user_attr("device", device)
-        hooks = [AshaReport(trial, primary, config.rungs)]
-        try:
-            result = fit(model, ctx.manifest, cfg, "search", ctx.seed, ctx.device, ckpt, hooks=hooks)
-        except (optuna.TrialPruned, FloatingPointError):
-            ckpt.unlink(missing_ok=True)  # an ended trial needs no checkpoint (disk: up to 256 trials)
-            raise
-        ckpt.unlink(missing_ok=True)  # kept only when the worker dies: the slot's retry resumes it
+        hooks = [AshaReport(segment, primary)]
+        try:  # resumes the trial's checkpoint: the previous segment's end, or a killed attempt's epoch
+            result = fit(
+                model, ctx.manifest, cfg, "search", ctx.seed, ctx.device, segment.checkpoint, hooks=hooks
+            )
+        except SegmentEnd:
+            return None
         return float(result.metrics[primary])
 
     return objective
 
 
+def search_seed(ctx: RunContext) -> int:
+    """The seed of the trials' configurations: the run's seed and the task (each task draws its own)."""
+    return int(np.random.SeedSequence([ctx.seed, zlib.crc32(ctx.task.name.encode())]).generate_state(1)[0])
+
+
 def worker(ctx: RunContext, index: int) -> dict[str, Any]:
-    """One ASHA worker job: run trials on the shared study until it holds ``max_trials``."""
+    """One ASHA worker job: run jobs (trial segments) of the shared study until none is left."""
     t0 = time.perf_counter()
     config = asha_config(ctx.task.name, ctx.budget)
     name = study_name(ctx)
-    study = open_study(ctx.workdir, name, config)
-    objective = _objective(ctx, config, name, index)
-    # The task is part of the sampler seed: each task draws its own configurations.
-    seed = int(np.random.SeedSequence([ctx.seed, zlib.crc32(ctx.task.name.encode())]).generate_state(1)[0])
-    trials = run_worker(study, ctx.workdir, index, search_space(ctx.task), objective, config, seed)
+    device = str(resolve_device(ctx.device))
+    segments = run_worker(
+        ctx.workdir,
+        name,
+        index,
+        search_space(ctx.task),
+        _objective(ctx),
+        config,
+        search_seed(ctx),
+        attrs={"device": device},
+    )
+    ran = {s["trial"] for s in segments}
+    study = open_study(ctx.workdir, name)
     return {
         "worker": index,
         "study": name,
         "max_trials": config.max_trials,
         "rungs": list(config.rungs),
         "max_length": config.max_length,
-        "trials": trials,
-        "trial_seconds": sum(t["seconds"] for t in trials),
+        "segments": segments,
+        "trials": [trial_record(t) for t in study.get_trials(deepcopy=False) if t.number in ran],
+        "trial_seconds": sum(s["seconds"] for s in segments),
         "seconds": time.perf_counter() - t0,
-        "device": str(resolve_device(ctx.device)),
+        "device": device,
     }
 
 
@@ -204,7 +215,7 @@ def _summary(arch: dict[str, Any]) -> str:
 def search(ctx: RunContext) -> SearchResult:
     """Read the workers' study and pick the best trial of the highest rung (the best completed one)."""
     t0 = time.perf_counter()
-    study = open_study(ctx.workdir, study_name(ctx), asha_config(ctx.task.name, ctx.budget))
+    study = open_study(ctx.workdir, study_name(ctx))
     trials = study.get_trials(deepcopy=False)
     best = best_trial(trials)
     arch = {
@@ -244,14 +255,4 @@ def retrain(ctx: RunContext) -> RunResult:
     )
 
 
-register_method(
-    Method(
-        "wrn_asha",
-        "WRN-ASHA",
-        retrain,
-        "WRN with learning rate, momentum, weight decay and dropout tuned by ASHA (optuna), then retrained",
-        search=search,
-        search_worker=worker,
-        cpu_only=("search",),  # the search job only reads the study its workers filled
-    )
-)
+register_method(Method("wrn_asha", retrain, search=search, search_worker=worker))

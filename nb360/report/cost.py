@@ -12,6 +12,12 @@ wall-clock seconds, ``cpu_time`` the user + system CPU seconds of all its proces
 before Snakemake's first sample). A file with several rows (``repeat()``) counts as the mean of its rows,
 the cost of one run.
 
+A benchmark file holds only the job's last, successful attempt. The attempts before it (killed, failed,
+retried, requeued by SLURM) come from the job's attempts file beside it (:mod:`nb360.attempts`): each one's
+wall and CPU seconds up to its end or its last heartbeat, on its own device. A job's cost is its benchmark
+plus those earlier attempts; ``attempts`` counts them all (1: the job succeeded at once; a job without an
+attempts file, from before they were written, counts its benchmark alone).
+
 Per job: wall hours; GPU-hours = wall hours × GPUs, where a job on CUDA holds one GPU (every method trains
 on one device) and a CPU job none; CPU core-hours = ``cpu_time`` / 3600, or wall hours × the job's threads
 where ``cpu_time`` is missing. The device is the one the job recorded: ``scores.json["device"]`` for a
@@ -35,6 +41,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from nb360.attempts import attempts_path, job_attempts, read_attempts
 from nb360.report.figures import (
     STYLE,
     legend_in_blank_cells,
@@ -65,14 +72,15 @@ MIN_SECONDS = 1.0  # the log axis of the figure starts here: a job shorter than 
 
 JOB_COLUMNS = [
     "task", "method", "seed", "stage", "job", "device", "wall_h", "gpu_h", "cpu_core_h", "cpu_time_measured",
-    "data_source", "budget", "benchmark",
+    "attempts", "attempts_recorded", "data_source", "budget", "benchmark",
 ]  # fmt: skip
 SEED_COLUMNS = [
     "task", "method", "seed", "device", "search_h", "retrain_h", "total_h", "gpu_h", "cpu_core_h",
-    "search_jobs", "metric", "error", "data_source", "budget",
+    "search_jobs", "jobs", "attempts", "metric", "error", "data_source", "budget",
 ]  # fmt: skip
 TABLE_COLUMNS = [
-    "task", "method", "device", "search_h", "retrain_h", "total_h", "gpu_h", "cpu_core_h", "n_seeds",
+    "task", "method", "device", "search_h", "retrain_h", "total_h", "gpu_h", "cpu_core_h", "n_seeds", "jobs",
+    "attempts",
 ]  # fmt: skip
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
@@ -157,23 +165,32 @@ def _require(body: Mapping[str, Any], keys: Iterable[str], path: Path) -> None:
 def _job(
     meta: Mapping[str, Any], stage: str, job: str, device: str, json_path: Path, threads: int
 ) -> dict[str, Any]:
-    """One job's row; ``json_path`` is the JSON file the job wrote (its benchmark file lies beside it)."""
+    """One job's row; ``json_path`` is the JSON file the job wrote (its benchmark and attempts files lie
+    beside it): the benchmark's last attempt plus the earlier attempts of the attempts file."""
     bench_path = benchmark_path(json_path)
     bench = read_benchmark(bench_path)
     kind = device_type(device, str(json_path))
-    wall_h = bench.seconds / 3600
-    cpu_h = bench.cpu_seconds / 3600 if bench.cpu_seconds is not None else wall_h * threads
+    att_path = attempts_path(json_path)
+    earlier, _ = job_attempts(read_attempts(att_path))
+    kinds = [device_type(a.kind, f"{att_path}, attempt {a.attempt}") for a in earlier]
+    wall_s = bench.seconds + sum(a.wall_s for a in earlier)
+    gpu_s = bench.seconds * DEVICE_GPUS[kind]  # one GPU per attempt on CUDA, each on its own device
+    gpu_s += sum(a.wall_s * DEVICE_GPUS[k] for a, k in zip(earlier, kinds, strict=True))
+    cpu_last = bench.cpu_seconds if bench.cpu_seconds is not None else bench.seconds * threads
+    wall_h = wall_s / 3600
     return {
         "task": str(meta["task"]),
         "method": str(meta["method"]),
         "seed": int(meta["seed"]),
         "stage": stage,
         "job": job,
-        "device": kind,
+        "device": _devices([kind, *kinds]),
         "wall_h": wall_h,
-        "gpu_h": wall_h * DEVICE_GPUS[kind],
-        "cpu_core_h": cpu_h,
+        "gpu_h": gpu_s / 3600,
+        "cpu_core_h": (cpu_last + sum(a.cpu_s for a in earlier)) / 3600,
         "cpu_time_measured": bench.cpu_seconds is not None,
+        "attempts": 1 + len(earlier),
+        "attempts_recorded": att_path.exists(),
         "data_source": str(meta.get("data_source", "")),
         "budget": str(meta.get("budget", "")),
         "benchmark": str(bench_path),
@@ -189,7 +206,8 @@ def job_costs(
 ) -> pd.DataFrame:
     """One row per job (columns :data:`JOB_COLUMNS`): retrain jobs from their ``scores.json``, search jobs
     from their ``arch.json``, workers of parallel searches from their ``worker{i}.json``; each job's times
-    from its benchmark file (:func:`benchmark_path`).
+    from its benchmark file (:func:`benchmark_path`) and its earlier attempts
+    (:func:`nb360.attempts.attempts_path`).
 
     ``threads``: the jobs' thread count, used only where a benchmark has no CPU time.
     """
@@ -242,9 +260,10 @@ def _primary_errors(runs: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["task", "method", "seed", "metric", "error"])
 
 
-def _devices(kinds: Iterable[str]) -> str:
-    """The device types of several jobs in one label: ``"cuda"``, ``"cpu"`` or ``"cpu+cuda"``."""
-    return "+".join(sorted(set(kinds)))
+def _devices(labels: Iterable[str]) -> str:
+    """The device types of several jobs or attempts (each a type or a label of types) in one label:
+    ``"cuda"``, ``"cpu"`` or ``"cpu+cuda"``."""
+    return "+".join(sorted({k for label in labels for k in label.split("+")}))
 
 
 def seed_costs(
@@ -280,6 +299,8 @@ def seed_costs(
             "gpu_h": g["gpu_h"].sum(),
             "cpu_core_h": g["cpu_core_h"].sum(),
             "search_jobs": g["stage"].agg(lambda s: int((s == "search").sum())),
+            "jobs": g["job"].count(),
+            "attempts": g["attempts"].sum(),
         }
     )
     out["total_h"] = out["search_h"] + out["retrain_h"]
@@ -292,12 +313,16 @@ def seed_costs(
 
 
 def cost_table(seeds: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds per task and method (columns :data:`TABLE_COLUMNS`), in table order."""
+    """Mean over seeds per task and method (columns :data:`TABLE_COLUMNS`), in table order; ``jobs`` and
+    ``attempts`` are totals over the seeds (more attempts than jobs: some were killed or failed and ran
+    again, and the hours include those attempts)."""
     g = seeds.groupby(["task", "method"])
     hours = ["search_h", "retrain_h", "total_h", "gpu_h", "cpu_core_h"]
     out = g[hours].mean()
-    out["device"] = g["device"].agg(lambda d: _devices(k for label in d for k in label.split("+")))
+    out["device"] = g["device"].agg(_devices)
     out["n_seeds"] = g["seed"].nunique()
+    out["jobs"] = g["jobs"].sum()
+    out["attempts"] = g["attempts"].sum()
     return order_rows(out.reset_index()[TABLE_COLUMNS])
 
 
@@ -321,24 +346,26 @@ def cost_caption(seeds: pd.DataFrame) -> str:
     count = f"{hi} seed{'s' if hi > 1 else ''}" if lo == hi else f"{lo}–{hi} seeds"
     return (
         f"Compute cost per task and method on {DATA_SOURCE_CAPTIONS.get(source, source)}, budget {budgets}; "
-        f"mean over {count}. Wall-clock hours from Snakemake's benchmark files: search = the search job "
+        f"mean over {count}. Wall-clock hours from Snakemake's benchmark files plus the jobs' earlier "
+        "attempts (killed, failed or requeued, up to their last heartbeat): search = the search job "
         "plus all workers of a parallel search (0 for methods without a search), retrain = training on "
         "train ∪ validation and the test evaluation. GPU-hours = wall hours of jobs that ran on CUDA (one "
-        "GPU per job), 0 on CPU; CPU core-hours = CPU time (user + system) of the jobs' processes."
+        "GPU per job), 0 on CPU; CPU core-hours = CPU time (user + system) of the jobs' processes. Jobs and "
+        "attempts: totals over the seeds."
     )
 
 
 def _to_markdown(table: pd.DataFrame, caption: str) -> str:
     header = [
         "Task", "Method", "Device", "Search (h)", "Retrain (h)", "Total (h)", "GPU-hours", "CPU core-hours",
-        "Seeds",
+        "Seeds", "Jobs", "Attempts",
     ]  # fmt: skip
     lines = [f"**Table.** {caption}", "", "| " + " | ".join(header) + " |"]
-    lines.append("| " + " | ".join([":---"] * 3 + ["---:"] * 6) + " |")
+    lines.append("| " + " | ".join([":---"] * 3 + ["---:"] * 8) + " |")
     for r in table.itertuples(index=False):
         hours = [r.search_h, r.retrain_h, r.total_h, r.gpu_h, r.cpu_core_h]
         cells = [task_title(r.task), method_title(r.method), r.device, *map(format_hours, hours)]
-        lines.append("| " + " | ".join([*cells, str(r.n_seeds)]) + " |")
+        lines.append("| " + " | ".join([*cells, *map(str, (r.n_seeds, r.jobs, r.attempts))]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -351,8 +378,7 @@ def compute_axis(seeds: pd.DataFrame) -> tuple[str, str]:
     GPU- and CPU-hours are not one quantity, so the axis shows one of them: on a GPU run a method that used
     no GPU (the trivial baseline always runs on the CPU) has 0 GPU-hours, which is what it cost in GPU time.
     """
-    kinds = {k for label in seeds["device"] for k in label.split("+")}
-    if "cuda" in kinds:
+    if "cuda" in _devices(seeds["device"]).split("+"):
         return "gpu_h", "GPU-hours of search + retraining (log scale)"
     return "cpu_core_h", "CPU core-hours of search + retraining (log scale)"
 

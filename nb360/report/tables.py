@@ -30,6 +30,7 @@ from typing import IO
 
 import pandas as pd
 
+from nb360.methods.registry import list_methods, method_info
 from nb360.tasks import get_task, list_tasks
 
 SCORE_COLUMNS = ("task", "method", "seed", "metric", "value", "lower_is_better", "data_source")
@@ -40,25 +41,13 @@ DATA_SOURCE_CAPTIONS = {
     "real": "real benchmark data",
 }
 
-# Methods in table and legend order: the baselines first, then the NAS methods roughly by cost. Methods not
-# listed (user methods) follow in alphabetical order, so the order never depends on the file's row order.
-METHOD_ORDER = (
-    "trivial", "wrn", "wrn_asha", "random_search", "densenas", "densenas_random", "gaea", "darts", "darts2",
-)  # fmt: skip
-METHOD_TITLES = {
-    "trivial": "Trivial",
-    "wrn": "WRN",
-    "wrn_asha": "WRN-ASHA",
-    "random_search": "Random search",
-    "densenas": "DenseNAS",
-    "densenas_random": "DenseNAS random",
-    "gaea": "DARTS-GAEA",
-    "darts": "DARTS (1st order)",
-    "darts2": "DARTS (2nd order)",
-    "perceiver_io": "Perceiver IO",
+# Rows of the published table whose methods are not (yet) registered here: their titles, for the published
+# column. Registered methods take title and order from the method registry (nb360/methods/registry.py).
+PUBLISHED_ONLY_TITLES = {
     "xgboost": "XGBoost",
-    "autodeeplab": "Auto-DeepLab",
+    "perceiver_io": "Perceiver IO",
     "amber": "AMBER",
+    "autodeeplab": "Auto-DeepLab",
     "expert": "Expert",
 }
 
@@ -105,9 +94,10 @@ def task_order(tasks: Iterable[str]) -> list[str]:
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
-    """``methods``: trivial first, then WRN, then the other known methods, then the rest alphabetically."""
+    """``methods`` in the registry's order (trivial, WRN, the NAS methods), then the published-only rows, then
+    the rest alphabetically, so the order never depends on a file's row order."""
     methods = set(methods)
-    known = [m for m in METHOD_ORDER if m in methods]
+    known = [m for m in (*list_methods(), *PUBLISHED_ONLY_TITLES) if m in methods]
     return known + sorted(methods - set(known))
 
 
@@ -129,7 +119,9 @@ def task_title(task: str) -> str:
 
 
 def method_title(method: str) -> str:
-    return METHOD_TITLES.get(method, method)
+    if method in list_methods():
+        return method_info(method).title
+    return PUBLISHED_ONLY_TITLES.get(method, method)
 
 
 def primary_metric(task: str, available: Iterable[str] = ()) -> str:

@@ -33,8 +33,8 @@ class RawFile:
 
     ``name`` is the path inside the task's raw folder (as the official loader expects it), ``url`` where a
     script can fetch it (``None``: manual download only), ``size`` the size stated by the benchmark (bytes,
-    approximate, for messages), ``pickled`` whether reading it unpickles data (then it must be verified
-    against the lock file first and is read with the restricted unpickler).
+    approximate, for messages), ``pickled`` whether reading it unpickles data (then it is read only through
+    :class:`RawFolder`'s verified reads, with the restricted unpickler).
     """
 
     name: str
@@ -72,6 +72,19 @@ class Splits:
                 f"unknown phase/role {phase!r}/{role!r}; use search/fit, search/select, "
                 "retrain/fit or retrain/report"
             ) from None
+
+
+@dataclass(frozen=True)
+class RealCounts:
+    """Items per split of the complete official release, checked when shards are built from real data.
+
+    A file cut short can still read without error (a tar cut at a member boundary), so the counts are the
+    one check that catches it. Splits missing from ``splits`` are not checked; ``unchecked`` says why.
+    """
+
+    splits: Mapping[str, int] = field(default_factory=dict)
+    source: str = ""  # where the numbers are documented
+    unchecked: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,8 @@ class TaskSpec:
     encode_target: Callable[[Any, Mapping[str, Any], tuple[str, ...]], Any] | None = None
     # How evaluation applies a model to one batch's x (PSICOV: 128 x 128 windows over the full canvas).
     eval_forward: Callable[[Any, Any], Any] | None = None
+    # Items per split of the complete official release (checked for real data; embedded data is exempt).
+    real_counts: RealCounts = field(default_factory=RealCounts)
     # Shard sizes: items per shard file (keeps files around a few hundred MB on the real data).
     items_per_shard: int = 50_000
     license: str = ""

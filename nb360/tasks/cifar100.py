@@ -60,7 +60,7 @@ from nb360.data.pypi import PypiArtifact, fetch, list_members, read_member
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.safe_pickle import safe_loads
 from nb360.data.shards import ShardArrays, SplitData
-from nb360.tasks.base import BatchContext, EmbeddedContext, RawFile, TaskSpec, register_task
+from nb360.tasks.base import BatchContext, EmbeddedContext, RawFile, RealCounts, TaskSpec, register_task
 from nb360.tasks.common import rng_for
 
 TARBALL = "cifar-100-python.tar.gz"
@@ -407,6 +407,9 @@ SPEC = register_task(
         generate_embedded=generate_embedded,
         fit_normaliser=fit_normaliser,
         make_batch=make_batch,
+        real_counts=RealCounts(
+            {"train": 40_000, "val": 10_000, "test": 10_000}, "nb360.md 1.1, 1.3 CIFAR-100"
+        ),
         items_per_shard=50_000,
         license="CC BY 4.0 (per the benchmark); embedded: foolbox sample images (MIT package)",
         reference="nb360.md 1.1, 1.3 CIFAR-100, 1.4, 2.1",

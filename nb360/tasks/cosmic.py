@@ -20,11 +20,12 @@ file has no ignore plane) and ``sky`` (N,) float32. ``make_batch`` adds the sky-
 ``sky * U(-0.9, 3)`` per image in training; the loss mask is ``1 - ignore``; the metric (nb360.md 1.2:
 raw logit > 0.5, then 1 - AUROC and FNR pixelwise over all test images) uses every pixel.
 
-**Limitation: the field-type table.** The benchmark's table of field types (keyed by ``proposal_visit``) is
-not part of our reference, so :data:`FIELD_TYPE` holds only the embedded data's synthetic visits. On the
-real files, every ``f435w`` visit missing from it stops the reader with an error that names the folder and
-says how to add it (``"GAL"`` to use it, any other type, e.g. ``"GC"`` or ``"EX"``, to leave it out): the
-same visits the original would fail on with a ``KeyError``.
+The field-type table: :data:`FIELD_TYPE`, read from the package data file ``nb360/tasks/data/
+cosmic_field_types.csv`` (columns ``proposal_visit``, ``field_type``): the original loader's hard-coded
+dictionary, 72 folders (27 ``GAL`` resolved galaxies, 25 ``EX`` extragalactic fields, 20 ``GC`` globular
+clusters), identical in every copy of that loader. An ``f435w`` folder missing from it is an error, as in the
+original (a ``KeyError`` there): the reader scans both tars first and then stops once, listing every unknown
+folder with its tar and how to add it.
 
 Embedded default (our simulation, MIT): ACS/WFC-like 192x192 tiles in the official format and names. Each
 tile is sky (20-80 e-, one level per exposure, in ``sky.npy``) + a scene convolved with a Moffat PSF
@@ -36,9 +37,11 @@ charge (``scipy.stats.moyal`` around 10^2-10^3.7 e- per track pixel), straight t
 "worms", then 3x3 charge diffusion; a pixel is in the mask where its CR charge exceeds the background noise
 (1 sigma), and 0.5-3 % of the pixels of a tile are hit (rate drawn per exposure). Layout: five "GAL" train
 visits of 3 exposures x 22 tiles (330 images -> 297 train / 33 val) and two "GAL" test visits of 2 x 15
-(60 test), plus f435w "GC"/"EX" visits and f606w/f814w visits that the reader must skip; about 135 MB + 27 MB
-of tar. No real frame is used: the HST frames suggested as backgrounds are not on PyPI, and the Gemini GMOS
-cutout in the astroscrappy wheel is a 150x200 ground-based long-slit frame, too unlike ACS imaging.
+(60 test), plus f435w "GC"/"EX" visits and f606w/f814w visits that the reader must skip. Every folder
+is a real ``proposal_visit`` of the table, simulated as the field type the table gives it, so the reader's
+filter is the one that runs on the real release. About 135 MB + 27 MB of tar. No real frame is used: the
+HST frames suggested as backgrounds are not on PyPI, and the Gemini GMOS cutout in the astroscrappy wheel is
+a 150x200 ground-based long-slit frame, too unlike ACS imaging.
 
 Deviation: no test-time noise. The original adds a random sky background (``sky * U(-0.9, 3)``) to every
 image it loads, validation and test included, and re-seeds NumPy's global RNG in the dataset constructor;
@@ -50,9 +53,11 @@ order, which depends on the filesystem).
 
 from __future__ import annotations
 
+import csv
 import io
 import tarfile
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -61,7 +66,15 @@ from scipy import ndimage, signal, stats
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.safe_pickle import npy_dtype
 from nb360.data.shards import ShardArrays, SplitData
-from nb360.tasks.base import S3_BASE, BatchContext, EmbeddedContext, RawFile, TaskSpec, register_task
+from nb360.tasks.base import (
+    S3_BASE,
+    BatchContext,
+    EmbeddedContext,
+    RawFile,
+    RealCounts,
+    TaskSpec,
+    register_task,
+)
 from nb360.tasks.common import rng_for
 
 TRAIN_TAR = "deepCR.ACS-WFC.train.tar"
@@ -72,21 +85,38 @@ OFFSET = 64  # fixed crop [64:192, 64:192]
 VAL_FRACTION = 0.1
 SKY_AUG = (-0.9, 3.0)  # training augmentation: add sky * U(-0.9, 3)
 
-# Field type per "<proposal>_<visit>" folder under f435w; only "GAL" fields are used.
-# The benchmark's own table is NOT known to us (the reference does not list it): these entries are the
-# synthetic visits of the embedded data. Add the real visits here to read the real release.
-FIELD_TYPE: dict[str, str] = {
-    "99901_1": "GAL",
-    "99901_2": "GAL",
-    "99902_a3": "GAL",
-    "99903_5": "GAL",
-    "99904_12": "GAL",
-    "99905_1": "GC",
-    "99906_2": "EX",
-    "99907_1": "GAL",
-    "99908_3": "GAL",
-    "99909_1": "EX",
-}
+FIELD_TYPES_FILE = "data/cosmic_field_types.csv"  # package data of nb360.tasks
+FIELD_TYPE_NAMES = ("GAL", "EX", "GC")  # resolved galaxy, extragalactic field, globular cluster
+
+
+def load_field_types(
+    text: str | None = None, where: str = f"nb360/tasks/{FIELD_TYPES_FILE}"
+) -> dict[str, str]:
+    """The field type of every ``<proposal>_<visit>`` folder under ``f435w``: the original loader's table,
+    shipped as package data (``text`` replaces the file's content, for tests). Only ``"GAL"`` fields are used.
+
+    The file is checked row by row: the header, two columns, a known type, no folder listed twice.
+    """
+    if text is None:
+        text = resources.files("nb360.tasks").joinpath(FIELD_TYPES_FILE).read_text(encoding="utf-8")
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or rows[0] != ["proposal_visit", "field_type"]:
+        raise ValueError(f"{where}: the first line must be 'proposal_visit,field_type'; reinstall nb360")
+    table: dict[str, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != 2 or row[1] not in FIELD_TYPE_NAMES or not row[0] or row[0] in table:
+            raise ValueError(
+                f"{where}, line {line}: {','.join(row)!r} is not a '<proposal>_<visit>,<type>' row of a new "
+                f"folder with a type among {', '.join(FIELD_TYPE_NAMES)}; fix or remove that row"
+            )
+        table[row[0]] = row[1]
+    return table
+
+
+# Field type per "<proposal>_<visit>" folder under f435w (72 folders on the real release).
+FIELD_TYPE: dict[str, str] = load_field_types()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -127,12 +157,14 @@ def _members(tar: tarfile.TarFile, root: str) -> Iterator[tuple[tarfile.TarInfo,
             yield m, rel
 
 
-def _read_tar(raw: RawFolder, name: str, root: str) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Sorted paths of the selected images and their crops (image, mask, ignore, sky)."""
+def _read_tar(raw: RawFolder, name: str, root: str) -> tuple[list[str], dict[str, np.ndarray], list[str]]:
+    """Sorted paths of the selected images, their crops (image, mask, ignore, sky) and the sorted
+    ``f435w`` folders missing from :data:`FIELD_TYPE` (their files are not read)."""
     path = raw.path(name)
     images: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     skies: dict[tuple[str, str], np.ndarray] = {}
     want: dict[str, tuple[str, str, str]] = {}  # image path -> (proposal, visit, prefix)
+    unknown: set[str] = set()
     with tarfile.open(path, "r:*") as tar:
         for m, (filt, proposal, visit, fname) in _members(tar, root):
             if filt != FILTER or not fname.endswith(".npy"):
@@ -141,12 +173,8 @@ def _read_tar(raw: RawFolder, name: str, root: str) -> tuple[list[str], dict[str
             key = f"{proposal}_{visit}"
             if fname != "sky.npy":
                 if key not in FIELD_TYPE:
-                    raise RawDataError(
-                        f"{path}: folder {root}/{filt}/{proposal}/{visit} has no field type: add "
-                        f"'{key}': 'GAL' (to use it) or its type, e.g. 'GC' or 'EX' (to skip it), to "
-                        "FIELD_TYPE in nb360/tasks/cosmic.py. The benchmark's own table is not known to this "
-                        "pipeline."
-                    )
+                    unknown.add(f"{root}/{filt}/{proposal}/{visit}")
+                    continue
                 if FIELD_TYPE[key] != "GAL":
                     continue
             f = tar.extractfile(m)
@@ -170,6 +198,8 @@ def _read_tar(raw: RawFolder, name: str, root: str) -> tuple[list[str], dict[str
             images[rel] = (image, (crop[1] != 0).astype(np.uint8), ignore.astype(np.uint8))
             want[rel] = (proposal, visit, fname.split("_")[0])
     paths = sorted(images)
+    if unknown:
+        return paths, {}, sorted(unknown)
     sky = np.zeros(len(paths), dtype=np.float32)
     for i, rel in enumerate(paths):
         proposal, visit, prefix = want[rel]
@@ -190,12 +220,22 @@ def _read_tar(raw: RawFolder, name: str, root: str) -> tuple[list[str], dict[str
         "ignore": np.stack([images[p][2] for p in paths])[:, None],
         "sky": sky,
     }
-    return paths, out
+    return paths, out, []
 
 
 def read_raw(raw: RawFolder) -> dict[str, SplitData]:
-    _, train = _read_tar(raw, TRAIN_TAR, "npy_train")
-    _, test = _read_tar(raw, TEST_TAR, "npy_test")
+    _, train, unknown_train = _read_tar(raw, TRAIN_TAR, "npy_train")
+    _, test, unknown_test = _read_tar(raw, TEST_TAR, "npy_test")
+    unknown = [(TRAIN_TAR, f) for f in unknown_train] + [(TEST_TAR, f) for f in unknown_test]
+    if unknown:  # one error listing every unknown folder of both tars
+        listing = "\n".join(f"  {raw.root / tar}: {folder}" for tar, folder in unknown)
+        rows = "\n".join(f"  {'_'.join(folder.split('/')[2:4])},GAL" for _, folder in unknown)
+        raise RawDataError(
+            f"{len(unknown)} {FILTER} folder(s) have no field type in nb360/tasks/{FIELD_TYPES_FILE} (the "
+            f"original loader's table of {len(FIELD_TYPE)} folders; the original stops on them with a "
+            f"KeyError too):\n{listing}\nThese tars are not the benchmark's release. To read them anyway, "
+            "add one row per folder to that file: GAL to use the folder, or GC / EX to skip it, e.g.\n" + rows
+        )
     n = len(train["x"])
     if n < 2:
         raise RawDataError(f"{raw.root / TRAIN_TAR}: need at least 2 training images to split off validation")
@@ -238,21 +278,22 @@ CR_MASK_SIGMA = 1.0  # a pixel is in the CR mask where the CR charge exceeds thi
 CR_STEP = 0.3  # px between charge deposits along a track
 DIFFUSION = np.array([[0.02, 0.07, 0.02], [0.07, 0.64, 0.07], [0.02, 0.07, 0.02]])
 
-# (root, filter, proposal, visit, exposures, tiles per exposure); field types come from FIELD_TYPE.
+# (root, filter, proposal, visit, exposures, tiles per exposure): folders of the real table, each simulated
+# as the field type the table gives it (the other filters' folders are GAL ones).
 EMBEDDED_LAYOUT: tuple[tuple[str, str, str, str, int, int], ...] = (
-    ("npy_train", "f435w", "99901", "1", 3, 22),
-    ("npy_train", "f435w", "99901", "2", 3, 22),
-    ("npy_train", "f435w", "99902", "a3", 3, 22),
-    ("npy_train", "f435w", "99903", "5", 3, 22),
-    ("npy_train", "f435w", "99904", "12", 3, 22),
-    ("npy_train", "f435w", "99905", "1", 1, 4),  # GC: skipped
-    ("npy_train", "f435w", "99906", "2", 1, 4),  # EX: skipped
-    ("npy_train", "f606w", "99901", "1", 1, 4),  # other filter: skipped
-    ("npy_train", "f814w", "99903", "5", 1, 4),  # other filter: skipped
-    ("npy_test", "f435w", "99907", "1", 2, 15),
-    ("npy_test", "f435w", "99908", "3", 2, 15),
-    ("npy_test", "f435w", "99909", "1", 1, 4),  # EX: skipped
-    ("npy_test", "f606w", "99907", "1", 1, 4),  # other filter: skipped
+    ("npy_train", "f435w", "10760", "2", 3, 22),
+    ("npy_train", "f435w", "10760", "4", 3, 22),
+    ("npy_train", "f435w", "9490", "a3", 3, 22),
+    ("npy_train", "f435w", "13737", "2", 3, 22),
+    ("npy_train", "f435w", "10182", "pb", 3, 22),
+    ("npy_train", "f435w", "10595", "2", 1, 4),  # GC: skipped
+    ("npy_train", "f435w", "10631", "3", 1, 4),  # EX: skipped
+    ("npy_train", "f606w", "10760", "2", 1, 4),  # other filter: skipped
+    ("npy_train", "f814w", "13737", "2", 1, 4),  # other filter: skipped
+    ("npy_test", "f435w", "12513", "2", 2, 15),
+    ("npy_test", "f435w", "10182", "pd", 2, 15),
+    ("npy_test", "f435w", "14164", "9", 1, 4),  # EX: skipped
+    ("npy_test", "f606w", "12513", "2", 1, 4),  # other filter: skipped
 )
 
 
@@ -427,7 +468,7 @@ def generate_embedded(out_dir: Path, ctx: EmbeddedContext) -> None:
                 else:
                     v, e, t = spec
                     _, _, proposal, visit, _, _ = EMBEDDED_LAYOUT[v]
-                    field = FIELD_TYPE.get(f"{proposal}_{visit}", "GAL")
+                    field = FIELD_TYPE[f"{proposal}_{visit}"]
                     sky = float(skies[name.rsplit("/", 1)[0] + "/sky.npy"][e])
                     exp_rng = rng_for(ctx.seed, "cosmic", v, e)
                     cr_fraction = float(np.exp(exp_rng.uniform(*np.log(CR_FRACTION))))
@@ -456,6 +497,7 @@ SPEC = register_task(
         read_raw=read_raw,
         generate_embedded=generate_embedded,
         make_batch=make_batch,
+        real_counts=RealCounts({"train": 4_347, "val": 483, "test": 420}, "nb360.md 1.1, 1.3 Cosmic"),
         items_per_shard=2_000,  # about 200 MB per shard on the real data
         license="Open Data (HST archive via deepCR)",
         reference="nb360.md 1.2 Cosmic, 1.3 Cosmic, 1.4",

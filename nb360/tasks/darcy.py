@@ -11,9 +11,15 @@ file 1, up to 100 of file 2), since the official loader's fixed counts fail on t
 Stored items (channels first): ``coeff`` and ``sol``, raw float32 of shape (N, 1, 85, 85).
 Normaliser (manifest): the official pointwise ``UnitGaussianNormalizer`` (per-pixel mean and std over the fit
 samples, ``encode(v) = (v - mean) / (std + eps)``, eps 1e-5) for the coefficient (``x_*``) and the solution
-(``y_*``), fitted on ``train`` (search) and on ``train+val`` (retrain), stored under those keys.
-Batches: ``x`` = normalised coefficient + the (x, y) grid on [0,1]² -> (3, 85, 85); ``y`` = the **raw**
-solution (1, 85, 85). The model's output lives in normalised units: the loss and the metric decode it with the
+(``y_*``), fitted on ``train`` (search) and on ``train+val`` (retrain), stored under those keys. The std is
+``torch.std``'s default, the **unbiased** one (ddof = 1), for both; the manifest records ``"ddof": 1`` and
+shards without it are refused (rebuild them).
+Batches: ``x`` = normalised coefficient + the grid on [0,1]² -> (3, 85, 85); ``y`` = the **raw** solution
+(1, 85, 85). The grid channels are the original's (:func:`grid`): its ``create_grid`` stacks
+``np.meshgrid(t, t)`` (default ``"xy"`` indexing) channels last and the backbone permutes
+``(0, 3, 1, 2)``, so channel 1 is ``t[j]`` (varies along the last axis, the columns) and channel 2 is
+``t[i]`` (varies along the rows); FNO's own ``get_grid`` has the opposite order, the benchmark's loader does
+not use it. The model's output lives in normalised units: the loss and the metric decode it with the
 y normaliser of the same fit (:func:`decode_y`) and compare it with the raw ``y`` (relative L2 per sample,
 averaged over samples; nb360.md 1.2).
 
@@ -53,9 +59,17 @@ import scipy.io
 import scipy.sparse as sp
 import scipy.sparse.linalg as spl
 
-from nb360.data.rawfolder import RawFolder
+from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.shards import ShardArrays, SplitData
-from nb360.tasks.base import S3_BASE, BatchContext, EmbeddedContext, RawFile, TaskSpec, register_task
+from nb360.tasks.base import (
+    S3_BASE,
+    BatchContext,
+    EmbeddedContext,
+    RawFile,
+    RealCounts,
+    TaskSpec,
+    register_task,
+)
 from nb360.tasks.common import rng_for
 
 TRAINVAL_FILE = "piececonst_r421_N1024_smooth1.mat"
@@ -66,6 +80,7 @@ S = (FINE - 1) // SUB + 1  # 85
 # Official split sizes (reference 1.3); smaller files fall back to split_sizes' proportional rule.
 N_TRAIN, N_VAL, N_TEST = 900, 100, 100
 EPS = 1e-5  # UnitGaussianNormalizer eps
+DDOF = 1  # UnitGaussianNormalizer's torch.std is the unbiased std
 # Embedded generator: GRF and coefficient as in FNO's data (tau 3, alpha 2, psi 12 / 3).
 TAU, ALPHA = 3.0, 2.0
 A_HIGH, A_LOW = 12.0, 3.0
@@ -78,14 +93,17 @@ EMBEDDED_N_TEST = 30
 
 def split_sizes(n_file1: int, n_file2: int) -> tuple[int, int, int]:
     """(train, val, test) sample counts: the official 900/100/100 when the files are large enough, else
-    90 % / 10 % of file 1 (at least one validation sample) and up to 100 of file 2."""
+    90 % / 10 % of file 1 (at least one validation and two training samples) and up to 100 of file 2."""
     if n_file1 >= N_TRAIN + N_VAL:
         n_train, n_val = N_TRAIN, N_VAL
     else:
         n_val = max(1, round(0.1 * n_file1))
         n_train = n_file1 - n_val
-    if n_train < 1 or n_file2 < 1:
-        raise ValueError(f"Darcy files too small: {n_file1} train/val and {n_file2} test samples")
+    if n_train < 2 or n_file2 < 1:  # the unbiased std of the normaliser needs two training samples
+        raise ValueError(
+            f"Darcy files too small: {n_file1} train/val and {n_file2} test samples (need at least 3 in the "
+            "first file and 1 in the second)"
+        )
     return n_train, n_val, min(N_TEST, n_file2)
 
 
@@ -140,7 +158,9 @@ def read_raw(raw: RawFolder) -> dict[str, SplitData]:
     f2 = _read_field_mat(raw.path(TEST_FILE), fields)
     for f, name in ((f1, TRAINVAL_FILE), (f2, TEST_FILE)):
         if len(f["coeff"]) != len(f["sol"]):
-            raise ValueError(f"{raw.root / name}: coeff and sol have different sample counts")
+            raise RawDataError(
+                f"{raw.root / name}: coeff and sol have different sample counts; fetch it again"
+            )
     n_train, n_val, n_test = split_sizes(len(f1["coeff"]), len(f2["coeff"]))
 
     def part(f: dict[str, np.ndarray], lo: int, hi: int) -> SplitData:
@@ -157,13 +177,14 @@ def read_raw(raw: RawFolder) -> dict[str, SplitData]:
 
 
 def _pointwise(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel mean and unbiased std (ddof = 1, ``torch.std``'s default, as the original) over samples."""
     v = v.reshape(len(v), S, S).astype(np.float64)
-    return v.mean(axis=0).astype(np.float32), v.std(axis=0).astype(np.float32)
+    return v.mean(axis=0).astype(np.float32), v.std(axis=0, ddof=DDOF).astype(np.float32)
 
 
 def fit_normaliser(splits: dict[str, SplitData]) -> dict[str, Any]:
     """Per-pixel mean/std of coefficient (x_*) and solution (y_*), fitted on train and on train+val."""
-    out: dict[str, Any] = {"eps": EPS, "kind": "pointwise_gaussian"}
+    out: dict[str, Any] = {"eps": EPS, "kind": "pointwise_gaussian", "ddof": DDOF}
     for key, names in (("train", ("train",)), ("train+val", ("train", "val"))):
         stats = {}
         for field, prefix in (("coeff", "x"), ("sol", "y")):
@@ -177,16 +198,22 @@ def _stats(
     normaliser: dict[str, Any], fit_splits: tuple[str, ...], name: str
 ) -> tuple[np.ndarray, np.ndarray]:
     key = "+".join(fit_splits)
-    if key not in normaliser:
-        raise KeyError(f"darcy normaliser has no fit {key!r}; rebuild the shards with this version of nb360")
+    if key not in normaliser or normaliser.get("ddof") != DDOF:
+        raise KeyError(
+            f"darcy normaliser has no fit {key!r} with the unbiased std (ddof {DDOF}); the shards were built "
+            "by an older nb360: rebuild them with this version"
+        )
     s = normaliser[key]
     return np.asarray(s[f"{name}_mean"], np.float32), np.asarray(s[f"{name}_std"], np.float32)
 
 
 def grid() -> np.ndarray:
-    """The (x, y) grid on [0,1]², (2, 85, 85): channel 0 varies along axis 1, channel 1 along axis 2."""
+    """The original's grid on [0,1]², channels first (2, 85, 85): ``grid()[0, i, j] = t[j]`` (varies along
+    the columns) and ``grid()[1, i, j] = t[i]`` (along the rows), ``t = linspace(0, 1, 85)``: its
+    ``create_grid`` stacks ``np.meshgrid(t, t)`` ("xy" indexing) channels last, then the backbone permutes
+    channels last -> first, which keeps that order."""
     g = np.linspace(0.0, 1.0, S, dtype=np.float32)
-    return np.stack(np.meshgrid(g, g, indexing="ij"))
+    return np.stack(np.meshgrid(g, g, indexing="xy"))
 
 
 def encode_x(coeff: np.ndarray, normaliser: dict[str, Any], fit_splits: tuple[str, ...]) -> np.ndarray:
@@ -354,6 +381,7 @@ SPEC = register_task(
         make_batch=make_batch,
         decode_output=decode_output,
         encode_target=encode_y,
+        real_counts=RealCounts({"train": 900, "val": 100, "test": 100}, "nb360.md 1.1, 1.4 Darcy"),
         items_per_shard=1_000,
         license="MIT",
         reference="nb360.md 1.2 Darcy, 1.2b, 1.3 Darcy Flow, 1.4",

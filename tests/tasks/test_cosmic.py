@@ -110,19 +110,75 @@ def _write_tar(path, files):
             tar.addfile(info, buf)
 
 
-def test_unknown_field_and_pickled_members_are_refused(tmp_path):
+def test_field_type_table_is_the_original_one():
+    table = C.FIELD_TYPE
+    assert len(table) == 72
+    assert sorted(table.values()).count("GAL") == 27
+    assert sorted(table.values()).count("EX") == 25
+    assert sorted(table.values()).count("GC") == 20
+    assert (table["9490_a3"], table["10182_pb"], table["10595_2"], table["13375_4"]) == (
+        "GAL",
+        "GAL",
+        "GC",
+        "EX",
+    )
+    assert C.load_field_types() == table  # read from the package data, not a copy in the module
+    # the embedded tars use real folders of the table, GAL and not
+    f435w = {C.FIELD_TYPE[f"{p}_{v}"] for _, filt, p, v, *_ in C.EMBEDDED_LAYOUT if filt == "f435w"}
+    assert f435w == {"GAL", "GC", "EX"}
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("proposal,type\n1_1,GAL\n", "first line"),
+        ("proposal_visit,field_type\n1_1,GAL\n1_1,EX\n", "line 3: '1_1,EX'"),
+        ("proposal_visit,field_type\n1_1,gal\n", "line 2"),
+        ("proposal_visit,field_type\n1_1,GAL,x\n", "line 2"),
+    ],
+)
+def test_malformed_field_type_table_is_refused(text, match):
+    assert C.load_field_types("proposal_visit,field_type\n1_1,GAL\n\n2_b,GC\n") == {"1_1": "GAL", "2_b": "GC"}
+    with pytest.raises(ValueError, match=match):
+        C.load_field_types(text, where="table.csv")
+
+
+def test_unknown_folders_are_listed_in_one_error(tmp_path):
     good = np.zeros((2, 256, 256), np.float32)
-    _write_tar(tmp_path / C.TEST_TAR, {"npy_test/f435w/99907/1/1_0.npy": good})
-    _write_tar(tmp_path / C.TRAIN_TAR, {"npy_train/f435w/12345/7/1_0.npy": good})
-    with pytest.raises(RawDataError, match=r"npy_train/f435w/12345/7 has no field type.*'12345_7': 'GAL'"):
+    _write_tar(
+        tmp_path / C.TRAIN_TAR,
+        {
+            "npy_train/f435w/12345/7/1_0.npy": good,
+            "npy_train/f435w/12345/7/1_1.npy": good,
+            "npy_train/f435w/10760/2/1_0.npy": good,
+            "npy_train/f435w/99999/x1/1_0.npy": good,
+        },
+    )
+    _write_tar(tmp_path / C.TEST_TAR, {"npy_test/f435w/55555/3/1_0.npy": good})
+    with pytest.raises(RawDataError) as err:
         C.read_raw(RawFolder(tmp_path, {}))
+    msg = str(err.value)
+    assert msg.startswith("3 f435w folder(s) have no field type in nb360/tasks/data/cosmic_field_types.csv")
+    for tar, folder, row in (
+        (C.TRAIN_TAR, "npy_train/f435w/12345/7", "12345_7,GAL"),
+        (C.TRAIN_TAR, "npy_train/f435w/99999/x1", "99999_x1,GAL"),
+        (C.TEST_TAR, "npy_test/f435w/55555/3", "55555_3,GAL"),
+    ):
+        assert f"{tmp_path / tar}: {folder}\n" in msg and f"  {row}" in msg
+    assert msg.count("12345/7") == 1 and "10760" not in msg  # a known folder is not listed
+
+
+def test_pickled_members_and_other_filters(tmp_path):
+    good = np.zeros((2, 256, 256), np.float32)
+    _write_tar(tmp_path / C.TEST_TAR, {"npy_test/f435w/12513/2/1_0.npy": good})
     obj = np.empty((), dtype=object)
     obj[()] = {"a": 1}
-    _write_tar(tmp_path / C.TRAIN_TAR, {"npy_train/f435w/99901/1/1_0.npy": obj})
+    _write_tar(tmp_path / C.TRAIN_TAR, {"npy_train/f435w/10760/2/1_0.npy": obj})
     with pytest.raises(RawDataError, match=r"object \(pickled\) array"):
         C.read_raw(RawFolder(tmp_path, {}))
-    # an unknown visit under another filter is not looked up, as in the original
-    files = {f"npy_train/f435w/99901/1/2_{k}.npy": good for k in range(2)}
+    # an unknown visit under another filter is not looked up, as in the original; non-GAL fields are skipped
+    files = {f"npy_train/f435w/10760/2/2_{k}.npy": good for k in range(2)}
+    files["npy_train/f435w/10595/2/1_0.npy"] = good  # GC
     _write_tar(tmp_path / C.TRAIN_TAR, {"npy_train/f606w/12345/7/1_0.npy": good, **files})
     out = C.read_raw(RawFolder(tmp_path, {}))
     assert {k: len(v) for k, v in out.items()} == {"train": 1, "val": 1, "test": 1}

@@ -2,7 +2,7 @@ import h5py
 import numpy as np
 import pytest
 
-from nb360.data.shards import open_shards
+from nb360.data.shards import SplitData, open_shards
 from nb360.tasks import BatchContext, darcy, get_task
 
 
@@ -22,6 +22,9 @@ def test_split_sizes_rule():
     assert darcy.split_sizes(1000, 100) == (900, 100, 100)
     assert darcy.split_sizes(darcy.EMBEDDED_N_TRAINVAL, darcy.EMBEDDED_N_TEST) == (90, 10, 30)
     assert darcy.split_sizes(5, 3) == (4, 1, 3)
+    assert darcy.split_sizes(3, 1) == (2, 1, 1)
+    with pytest.raises(ValueError, match="too small"):
+        darcy.split_sizes(2, 5)  # one training sample has no unbiased std
 
 
 def test_reader_shapes_splits_and_values(splits):
@@ -79,8 +82,55 @@ def test_normaliser_in_manifest(embedded, splits):
         for field, prefix in (("coeff", "x"), ("sol", "y")):
             v = np.concatenate([splits[n].items[field][:, 0] for n in names]).astype(np.float64)
             np.testing.assert_allclose(norm[key][f"{prefix}_mean"], v.mean(axis=0), rtol=1e-5, atol=1e-7)
-            np.testing.assert_allclose(norm[key][f"{prefix}_std"], v.std(axis=0), rtol=1e-4, atol=1e-7)
+            # torch.std's default, the unbiased std, for x and for y
+            np.testing.assert_allclose(
+                norm[key][f"{prefix}_std"], v.std(axis=0, ddof=1), rtol=1e-4, atol=1e-7
+            )
     assert not np.allclose(norm["train"]["x_mean"], norm["train+val"]["x_mean"])
+    assert norm["ddof"] == 1
+
+
+def test_normaliser_std_is_unbiased_by_hand():
+    """Two samples, constant fields 1 and 3 (x) and 0 and 4 (y): mean 2, std sqrt(2) resp. 2 * sqrt(2)
+    (ddof = 1, as torch.std; the population std would be 1 resp. 2)."""
+
+    def part(values):
+        return SplitData(
+            items={
+                k: np.stack([np.full((1, 85, 85), v, np.float32) for v in vs])
+                for k, vs in zip(("coeff", "sol"), values, strict=True)
+            }
+        )
+
+    norm = darcy.fit_normaliser({"train": part(([1.0, 3.0], [0.0, 4.0])), "val": part(([2.0], [2.0]))})
+    t = norm["train"]
+    np.testing.assert_allclose(t["x_mean"], 2.0)
+    np.testing.assert_allclose(t["x_std"], np.sqrt(2.0), rtol=1e-6)
+    np.testing.assert_allclose(t["y_std"], 2 * np.sqrt(2.0), rtol=1e-6)
+    np.testing.assert_allclose(norm["train+val"]["x_std"], 1.0, rtol=1e-6)  # 1, 3, 2: variance 2 / 2
+    x = darcy.encode_x(np.full((1, 1, 85, 85), 3.0, np.float32), norm, ("train",))
+    np.testing.assert_allclose(x, 1 / (np.sqrt(2.0) + 1e-5), rtol=1e-6)
+    old = {k: v for k, v in norm.items() if k != "ddof"}  # shards of an older nb360
+    with pytest.raises(KeyError, match="rebuild"):
+        darcy.encode_x(np.zeros((1, 1, 85, 85), np.float32), old, ("train",))
+
+
+def test_grid_channels_in_the_original_order():
+    """The original: create_grid = np.meshgrid(t, t) ("xy") stacked channels last, coefficient first,
+    then the backbone's permute(0, 3, 1, 2). Input channel 1 = t[j] (columns), channel 2 = t[i] (rows)."""
+    g = darcy.grid()
+    assert g.shape == (2, 85, 85) and g.dtype == np.float32
+    # by hand: t = k / 84
+    assert g[0, 0, 84] == 1.0 and g[0, 84, 0] == 0.0 and g[0, 17, 42] == np.float32(0.5)
+    assert g[1, 84, 0] == 1.0 and g[1, 0, 84] == 0.0 and g[1, 42, 17] == np.float32(0.5)
+    np.testing.assert_allclose(g[0, 5, 21], 21 / 84, rtol=1e-6)
+    np.testing.assert_allclose(g[1, 5, 21], 5 / 84, rtol=1e-6)
+    # the original's steps, channels last (N, s, s, 3) then permuted to channels first
+    t = np.linspace(0, 1, 85)
+    original = np.vstack([xx.ravel() for xx in np.meshgrid(t, t)]).T.reshape(1, 85, 85, 2)
+    coeff = np.zeros((1, 85, 85, 1))
+    x = np.concatenate([coeff, original], axis=3).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(x[0, 1:], g, atol=1e-7)
 
 
 @pytest.mark.parametrize("fit", [("train",), ("train", "val")])
@@ -104,8 +154,8 @@ def test_make_batch_from_shards(embedded, splits, fit):
     if fit == ("train",):  # pointwise normalised on its own fit data
         np.testing.assert_allclose(x[:, 0].mean(axis=0), 0, atol=1e-4)
     grid = np.linspace(0, 1, 85, dtype=np.float32)
-    np.testing.assert_allclose(x[3, 1], np.broadcast_to(grid[:, None], (85, 85)))
-    np.testing.assert_allclose(x[3, 2], np.broadcast_to(grid[None, :], (85, 85)))
+    np.testing.assert_allclose(x[3, 1], np.broadcast_to(grid[None, :], (85, 85)))  # varies along columns
+    np.testing.assert_allclose(x[3, 2], np.broadcast_to(grid[:, None], (85, 85)))  # varies along rows
     # decoding the encoded target gives the raw solution back (what the loss does with the output)
     enc = darcy.encode_y(y, norm, fit)
     np.testing.assert_allclose(darcy.decode_y(enc, norm, fit), y, rtol=1e-4, atol=1e-8)

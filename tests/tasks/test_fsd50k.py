@@ -13,11 +13,12 @@ from sklearn.metrics import average_precision_score
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import StandardScaler
 
-from nb360.data.loader import ShardDataset
+from nb360.data.loader import ShardDataset, make_loader
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.shards import ShardArrays, open_shards, sha256_file
 from nb360.tasks import BatchContext, EmbeddedContext, get_task
 from nb360.tasks import fsd50k as F
+from nb360.train.loop import phase_splits
 
 TASK = "fsd50k"
 SR = 22050
@@ -184,6 +185,20 @@ def test_make_batch_training_samples_one_chunk_per_clip(embedded):
     multi = np.bincount(clip)[idx] > 1
     assert (rows1 != rows2)[multi].mean() > 0.5  # a fresh random chunk per clip and epoch
     assert np.array_equal(batch(1)["x"], b["x"])  # ctx.rng is the only source of randomness
+
+
+def test_retraining_fits_on_the_training_clips_only(embedded):
+    """As the original's load_audio(train=False): retraining sees the training clips, never val."""
+    spec = get_task(TASK)
+    fit_splits, report = phase_splits(spec, "retrain")
+    assert (fit_splits, report) == (("train",), ("test",))
+    manifest = embedded.manifest(TASK)
+    n_train_clips = int(_shard(embedded, "train").items("clip")[-1]) + 1
+    n_val_clips = int(_shard(embedded, "val").items("clip")[-1]) + 1
+    loader = make_loader(manifest, fit_splits, batch_size=64, train=True, seed=0, fit_splits=fit_splits)
+    assert len(loader.dataset) == n_train_clips and n_val_clips > 0
+    ids = np.concatenate([b["group"].numpy() for b in loader])
+    assert sorted(ids.tolist()) == list(range(n_train_clips))  # every training clip once per epoch
 
 
 def test_make_batch_evaluation_is_every_chunk_with_its_clip(embedded):

@@ -6,11 +6,14 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
+from nb360.data.loader import make_loader
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.safe_pickle import UnsafePickleError, safe_load_npy, safe_loads
-from nb360.data.shards import ShardArrays, open_shards, sha256_file
+from nb360.data.shards import MANIFEST_FORMAT, ShardArrays, open_shards, sha256_file, write_split_shards
 from nb360.tasks import BatchContext, EmbeddedContext, get_task
+from nb360.tasks import psicov as psicov_module
 from nb360.tasks.psicov import (
     BLOSUM62,
     CHANNELS,
@@ -26,6 +29,7 @@ from nb360.tasks.psicov import (
     protein_features,
     val_count,
 )
+from nb360.train.loop import evaluate
 
 TASK = "psicov"
 
@@ -292,6 +296,42 @@ def test_learnable_by_a_per_pixel_ridge_model(embedded):
     print("MAE8", mae, "clipped MSE", mse)
     assert mae["ridge"] < 0.8 * min(mae["global_mean"], mae["separation_mean"])
     assert mse["ridge"] < 0.85 * min(mse["global_mean"], mse["separation_mean"])
+
+
+def test_evaluation_with_canvases_of_different_sizes_in_different_batches(tmp_path):
+    """A protein over 502 residues gets a bigger canvas than the other batches: the evaluation must still
+    score every protein (the batches cannot be concatenated into one array)."""
+    rng = np.random.default_rng(0)
+    lengths = [40, 60, 510, 30]  # batches of 2: [40, 60] on 512, [510, 30] on 640
+    proteins, expected = [], []
+    for k, n in enumerate(lengths):
+        dist = rng.uniform(3.0, 12.0, (n, n))
+        dist = (dist + dist.T) / 2
+        dist[0, -1] = dist[-1, 0] = np.nan  # an unknown distance is left out
+        pair = rng.uniform(0.0, 10.0, (n * n, 3)).astype(np.float32)
+        proteins.append(
+            {
+                "feat1d": rng.uniform(0.0, 1.0, (n, 27)).astype(np.float32),
+                "pair": pair,
+                "dist": dist.reshape(-1).astype(np.float32),
+                "length": n,
+                "pdb": f"p{k}",
+            }
+        )
+        # the model below predicts the ccmpred channel: the expected MAE8 per protein, by hand
+        expected.append(mae8(pair[:, 0].reshape(n, n).astype(np.float64), dist.astype(np.float32)))
+    entry = write_split_shards(tmp_path, TASK, "test", psicov_module._split(proteins), 400)
+    manifest = {"format": MANIFEST_FORMAT, "task": TASK, "splits": {"test": entry}, "_dir": str(tmp_path)}
+    model = torch.nn.Conv2d(len(CHANNELS), 1, 1)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+        model.weight[0, CHANNELS.index("ccmpred"), 0, 0] = 1.0
+    spec = get_task(TASK)
+    batches = list(make_loader(manifest, ["test"], 2, train=False))
+    assert [b["x"].shape[-1] for b in batches] == [EVAL_CANVAS, EVAL_CANVAS + CROP]
+    got = evaluate(model, spec, manifest, ("test",), ("train",), batch_size=2)
+    assert got == {"mae8": pytest.approx(np.nanmean(expected), rel=1e-5)}
 
 
 def test_raw_file_entry():

@@ -1,8 +1,11 @@
 # Config validation and the small helpers the rules share.
+# Only light modules here: every Snakemake start (each cluster job's too) parses this, so torch, scipy and
+# optuna are imported by the jobs that run a method, never by the parse (test_workflow checks it).
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from nb360.methods import get_method, list_methods
+from nb360.config_origin import config_error, config_layers
+from nb360.methods.registry import list_methods, method_info
 from nb360.resources import job_resources
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -14,26 +17,42 @@ SEEDS = config["seeds"]
 TRAIN = config["train"]
 SEARCH = config["search"]
 
+
+def config_failure(key, problem, fix):
+    """A WorkflowError naming the config file (or --config) that set ``key``, and how to fix it there."""
+    layers = config_layers(
+        workflow.configfiles,
+        workflow.config_settings.configfiles,
+        workflow.config_settings.config,
+        workflow.config_settings.replace_workflow_config,
+    )
+    return WorkflowError(config_error(key, problem, fix, layers))
+
+
 _unknown = sorted(set(METHODS) - set(list_methods()))
 if _unknown:
-    raise WorkflowError(
-        f"config.yaml: unknown method(s) {', '.join(_unknown)}; registered: {', '.join(list_methods())}"
+    raise config_failure(
+        "methods",
+        f"unknown method(s) {', '.join(_unknown)}; registered: {', '.join(list_methods())}",
+        "use registered names, or register a new method in nb360/methods/registry.py",
     )
 
 
 # Search methods among the configured ones; "(?!)" never matches (no search jobs).
-SEARCH_METHODS = [m for m in METHODS if get_method(m).searches]
-PARALLEL_SEARCH = [m for m in SEARCH_METHODS if get_method(m).search_worker is not None]
+SEARCH_METHODS = [m for m in METHODS if method_info(m).searches]
+PARALLEL_SEARCH = [m for m in SEARCH_METHODS if method_info(m).search_workers]
 SEARCH_PATTERN = "|".join(SEARCH_METHODS) or "(?!)"
 PARALLEL_SEARCH_PATTERN = "|".join(PARALLEL_SEARCH) or "(?!)"
 
 _missing = sorted(
-    {r for m in SEARCH_METHODS for r in get_method(m).reads} - set(SEARCH_METHODS)
+    {r for m in SEARCH_METHODS for r in method_info(m).reads} - set(SEARCH_METHODS)
 )
 if _missing:
-    raise WorkflowError(
-        f"config.yaml: methods {', '.join(SEARCH_METHODS)} need the search of {', '.join(_missing)}; "
-        "add it to methods"
+    _readers = [m for m in SEARCH_METHODS if set(method_info(m).reads) & set(_missing)]
+    raise config_failure(
+        "methods",
+        f"method(s) {', '.join(_readers)} need the search of {', '.join(_missing)}",
+        f"add {', '.join(_missing)} to methods",
     )
 
 
@@ -66,9 +85,9 @@ def search_dir(wildcards, method=None):
 
 def search_inputs(wildcards):
     """A search's inputs: the shards, its worker records (parallel search), the searches it reads."""
-    method = get_method(wildcards.method)
+    method = method_info(wildcards.method)
     inputs = {"manifest": f"{DATA['shard_dir']}/{wildcards.task}/manifest.json"}
-    if method.search_worker is not None:
+    if method.search_workers:
         inputs["workers"] = [
             f"{search_dir(wildcards)}/worker{i}.json" for i in range(SEARCH["workers"])
         ]
@@ -80,7 +99,7 @@ def search_inputs(wildcards):
 def retrain_inputs(wildcards):
     """A retrain job's inputs: the shards and, for a search method, its searched architecture."""
     inputs = {"manifest": f"{DATA['shard_dir']}/{wildcards.task}/manifest.json"}
-    if get_method(wildcards.method).searches:
+    if method_info(wildcards.method).searches:
         inputs["arch"] = f"{search_dir(wildcards)}/arch.json"
     return inputs
 

@@ -53,6 +53,7 @@ rule shards:
         runtime=resource_of("data", "runtime"),
     params:
         provenance={"source": DATA["source"], "embedded_seed": DATA["embedded_seed"]},
+        allow_partial=DATA["allow_partial"],
     script:
         "../../scripts/shards.py"
 

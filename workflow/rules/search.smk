@@ -1,5 +1,7 @@
 # Architecture search: one job per task x search method x seed, plus one job per worker of a parallel search.
-# The searched architecture (arch.json) is the input of the method's retrain job.
+# The searched architecture (arch.json) is the input of the method's retrain job. A parallel search's workers
+# take jobs from one study; what it finds does not depend on how many run or how they interleave
+# (nb360.search.asha), so they may run side by side, one after the other, or on different nodes.
 
 
 rule search_worker:

@@ -1,0 +1,131 @@
+"""The method registry: one entry per method, everything the workflow needs to know to build its DAG.
+
+This module imports nothing heavy, so that parsing the workflow (``workflow/rules/common.smk``) and
+computing a job's resources (:mod:`nb360.resources`) cost no torch, scipy or optuna import: on a cluster
+every job's Snakemake pays the parse again. Each entry names the module that implements the method (its
+``retrain``, ``search``, ``search_worker``: see :mod:`nb360.methods.base`); :func:`nb360.methods.get_method`
+imports that module only when a job runs the method. The module's
+:func:`~nb360.methods.base.register_method` checks its functions against the entry, so the two views cannot
+disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STAGES = ("search", "retrain")  # the method stages a job runs
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str  # the {method} wildcard and the name in config.yaml's methods
+    module: str  # the module whose import registers the method's functions
+    title: str  # row label in tables and legends
+    description: str = ""
+    searches: bool = False  # has a search stage (rule search) whose arch.json its retrain reads
+    search_workers: bool = False  # its search is shared by worker jobs (rule search_worker) first
+    reads: tuple[str, ...] = ()  # methods whose searched architecture this method's search reads
+    # Stages that never train a network on a GPU: their jobs ask for no GPU, so they neither hold a GPU slot
+    # nor wait in a cluster's GPU queue.
+    cpu_only: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.search_workers and not self.searches:
+            raise ValueError(f"method {self.name!r} has search workers but no search to collect them")
+        if self.reads and not self.searches:
+            raise ValueError(f"method {self.name!r} reads searches but has no search of its own")
+        if unknown := set(self.cpu_only) - set(STAGES):
+            raise ValueError(f"method {self.name!r}: cpu_only {sorted(unknown)}; stages are {STAGES}")
+
+
+# Every method, in the order of the tables' rows. A new method is one module plus one entry here.
+METHODS: tuple[MethodInfo, ...] = (
+    MethodInfo(
+        "trivial",
+        "nb360.methods.trivial",
+        "Trivial",
+        "majority class / label prior / training-mean field",
+        cpu_only=("retrain",),  # counts labels, trains nothing
+    ),
+    MethodInfo(
+        "wrn",
+        "nb360.methods.wrn",
+        "WRN",
+        "Wide ResNet baseline with the paper's default hyperparameters",
+    ),
+    MethodInfo(
+        "wrn_asha",
+        "nb360.methods.wrn_asha",
+        "WRN-ASHA",
+        "WRN with learning rate, momentum, weight decay and dropout tuned by ASHA (optuna), then retrained",
+        searches=True,
+        search_workers=True,
+        cpu_only=("search",),  # the search job only reads the study its workers filled
+    ),
+    MethodInfo(
+        "random_search",
+        "nb360.methods.random_search",
+        "Random search",
+        "random DARTS cells, each trained briefly, the best retrained",
+        searches=True,
+    ),
+    MethodInfo(
+        "densenas",
+        "nb360.methods.densenas",
+        "DenseNAS",
+        "densely connected search space, FLOPs-aware",
+        searches=True,
+    ),
+    MethodInfo(
+        "densenas_random",
+        "nb360.methods.densenas",
+        "DenseNAS random",
+        "random architectures of the DenseNAS space under its parameter cap, the best retrained",
+        searches=True,
+        reads=("densenas",),
+    ),
+    MethodInfo(
+        "gaea",
+        "nb360.methods.darts",
+        "DARTS-GAEA",
+        "GAEA PC-DARTS: partial channels, exponentiated gradient",
+        searches=True,
+    ),
+    MethodInfo(
+        "darts",
+        "nb360.methods.darts",
+        "DARTS (1st order)",
+        "DARTS with first-order architecture gradients",
+        searches=True,
+    ),
+    MethodInfo(
+        "darts2",
+        "nb360.methods.darts",
+        "DARTS (2nd order)",
+        "DARTS with the unrolled second-order gradient",
+        searches=True,
+    ),
+)
+
+
+def _by_name() -> dict[str, MethodInfo]:
+    # Built on each call (nine entries) so that a test may extend METHODS.
+    index: dict[str, MethodInfo] = {}
+    for info in METHODS:
+        if info.name in index:
+            raise ValueError(f"method {info.name!r} has two entries in nb360/methods/registry.py")
+        index[info.name] = info
+    return index
+
+
+def list_methods() -> list[str]:
+    """Every registered method name, in table order."""
+    return list(_by_name())
+
+
+def method_info(name: str) -> MethodInfo:
+    """The registry entry of ``name`` (imports nothing of the method's implementation)."""
+    try:
+        return _by_name()[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(list_methods())}") from None
