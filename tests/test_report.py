@@ -26,7 +26,7 @@ from nb360.report import (
     write_tables,
 )
 from nb360.report.figures import RELATIVE_EPS, profile_curve
-from nb360.report.tables import SCORE_COLUMNS, atomic_output
+from nb360.report.tables import SCORE_COLUMNS, atomic_output, tasks_required, vs_trivial
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = REPO / "workflow" / "report"
@@ -206,7 +206,9 @@ def _md_cells(line: str) -> list[str]:
 )
 def test_write_tables(tmp_path, source, caption):
     paths = write_tables(hand_scores(source), hand_paper(), tmp_path / "tables")
-    assert {p.name for p in paths.values()} == {"paper_table.csv", "paper_table.md", "paper_table.tex"}
+    assert {p.name for p in paths.values()} == {
+        "paper_table.csv", "paper_table.md", "paper_table.tex", "vs_trivial.csv", "vs_trivial.md",
+    }  # fmt: skip
     assert no_temp_files(tmp_path / "tables")
     ncols = 4
 
@@ -400,3 +402,46 @@ def test_captions_render(name, source):
     if name == "workflow.rst":
         assert "NAS-Bench-360" in html["title"]
         assert ("not comparable" in html["html_body"]) == (source == "embedded")
+
+
+def test_vs_trivial_counts_tasks_beaten_by_ten_percent_on_every_metric():
+    rows = []
+
+    def add(task, method, metric, value, seed=0):
+        rows.append((task, method, seed, metric, value, True, "embedded"))
+
+    for task in ("cifar100", "ecg", "darcy"):
+        add(
+            task,
+            "trivial",
+            *({"cifar100": ("error_pct", 99.0), "ecg": ("one_minus_f1", 0.9)}.get(task, ("rel_l2", 0.25))),
+        )
+    add("cosmic", "trivial", "one_minus_auroc", 0.5)
+    add("cosmic", "trivial", "fnr_pct", 100.0)
+    # wrn: beats every task; cosmic by 10 % exactly on FNR (90 <= 0.9 * 100), AUROC well.
+    add("cifar100", "wrn", "error_pct", 36.9)
+    add("ecg", "wrn", "one_minus_f1", 0.11)
+    add("darcy", "wrn", "rel_l2", 0.139)
+    add("cosmic", "wrn", "one_minus_auroc", 0.265)
+    add("cosmic", "wrn", "fnr_pct", 90.0)
+    # gaea: cifar100 only 5 % better; cosmic good AUROC but FNR 100 % (constant outputs on one metric);
+    # ecg mean over two seeds 0.8 (better by 11 %) though seed 1 alone is worse than trivial.
+    add("cifar100", "gaea", "error_pct", 94.05)
+    add("ecg", "gaea", "one_minus_f1", 0.6)
+    add("ecg", "gaea", "one_minus_f1", 1.0, seed=1)
+    add("darcy", "gaea", "rel_l2", 0.2)
+    add("cosmic", "gaea", "one_minus_auroc", 0.3)
+    add("cosmic", "gaea", "fnr_pct", 100.0)
+    # a task without a trivial run is not counted
+    add("satellite", "gaea", "error_pct", 40.0)
+    table = vs_trivial(pd.DataFrame(rows, columns=list(SCORE_COLUMNS))).set_index("method")
+    assert list(table.index) == ["wrn", "gaea"]
+    assert table.loc["wrn", ["tasks", "beaten", "required"]].tolist() == [4, 4, 4]
+    assert bool(table.loc["wrn", "passes"]) and table.loc["wrn", "not_beaten"] == ""
+    assert table.loc["gaea", ["tasks", "beaten"]].tolist() == [4, 2]
+    assert not table.loc["gaea", "passes"]
+    assert table.loc["gaea", "not_beaten"] == "cifar100;cosmic"
+
+
+def test_tasks_required_is_all_but_one_in_ten():
+    assert [tasks_required(n) for n in (1, 4, 9, 10, 20)] == [1, 4, 9, 9, 18]

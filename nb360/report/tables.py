@@ -352,10 +352,75 @@ def table_caption(scores: pd.DataFrame, latex: bool = False) -> str:
     return text
 
 
+# ------------------------------------------------------------------------------------ versus trivial
+
+BASELINE = "trivial"
+BEAT_MARGIN = 0.10  # relative, in the metric's (lower-is-better) direction
+
+
+def tasks_required(n_tasks: int) -> int:
+    """Tasks a method must beat the trivial baseline on: all but one in ten (9 of the 10 tasks)."""
+    return n_tasks - n_tasks // 10
+
+
+def vs_trivial(scores: pd.DataFrame, margin: float = BEAT_MARGIN) -> pd.DataFrame:
+    """Per method, the tasks where it beats the trivial baseline: its mean over seeds is at least ``margin``
+    better (relative) than trivial's on every metric of the task (value <= (1 - margin) * trivial's).
+
+    Columns: method, tasks (tasks with both runs), beaten, required (:func:`tasks_required`), passes, and
+    not_beaten (the other tasks, ';'-separated). The rule of docs/adding-a-method.md: a method of the default
+    configuration passes. Empty when the scores hold no trivial run.
+    """
+    summary = summarise(scores)
+    base = summary[summary["method"] == BASELINE].set_index(["task", "metric"])["mean"]
+    rows = []
+    for method in method_order(set(summary["method"]) - {BASELINE}):
+        own = summary[summary["method"] == method]
+        beaten, missed = [], []
+        for task in task_order(own["task"]):
+            t = own[own["task"] == task]
+            keys = [(task, m) for m in t["metric"]]
+            if not keys or any(k not in base.index for k in keys):
+                continue  # no trivial run of this task (or of one of its metrics): nothing to compare
+            ok = all(v <= (1 - margin) * base[k] for k, v in zip(keys, t["mean"], strict=True))
+            (beaten if ok else missed).append(task)
+        n = len(beaten) + len(missed)
+        rows.append(
+            {
+                "method": method,
+                "tasks": n,
+                "beaten": len(beaten),
+                "required": tasks_required(n),
+                "passes": len(beaten) >= tasks_required(n),
+                "not_beaten": ";".join(missed),
+            }
+        )
+    columns = ["method", "tasks", "beaten", "required", "passes", "not_beaten"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _vs_trivial_markdown(table: pd.DataFrame, margin: float = BEAT_MARGIN) -> str:
+    lines = [
+        f"Tasks on which each method beats the trivial baseline by at least {margin:.0%} (relative) on every "
+        "metric of the task (means over seeds); a method of the default configuration passes on all but one "
+        "in ten tasks.",
+        "",
+        "| Method | Tasks beaten | Required | Passes | Not beaten |",
+        "|---|---|---|---|---|",
+    ]
+    for r in table.itertuples():
+        lines.append(
+            f"| {md_cell(method_title(r.method))} | {r.beaten} of {r.tasks} | {r.required} | "
+            f"{'yes' if r.passes else 'no'} | {md_cell(r.not_beaten.replace(';', ', ')) or MISSING} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_tables(
     scores: pd.DataFrame, paper: pd.DataFrame | None, out_dir: str | os.PathLike
 ) -> dict[str, Path]:
-    """Write ``paper_table.csv``, ``paper_table.md`` and ``paper_table.tex`` to ``out_dir``; return the paths.
+    """Write ``paper_table.csv``, ``paper_table.md`` and ``paper_table.tex`` to ``out_dir``, and the check
+    against the trivial baseline, ``vs_trivial.csv`` and ``vs_trivial.md``; return the paths.
 
     Each column header names the task, its metric and the direction (lower is better).
     """
@@ -366,6 +431,11 @@ def write_tables(
     write_text_atomic(paths["csv"], _to_csv(table))
     write_text_atomic(paths["md"], _to_markdown(table, table_caption(scores)))
     write_text_atomic(paths["tex"], _to_latex(table, table_caption(scores, latex=True)))
+    check = vs_trivial(scores)
+    paths["vs_trivial_csv"] = out / "vs_trivial.csv"
+    paths["vs_trivial_md"] = out / "vs_trivial.md"
+    write_text_atomic(paths["vs_trivial_csv"], check.to_csv(index=False, lineterminator="\n"))
+    write_text_atomic(paths["vs_trivial_md"], _vs_trivial_markdown(check))
     return paths
 
 

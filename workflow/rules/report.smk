@@ -37,6 +37,12 @@ rule tables:
             category="Tables",
         ),
         tex="results/tables/paper_table.tex",
+        vs_trivial_csv="results/tables/vs_trivial.csv",
+        vs_trivial_md=report(
+            "results/tables/vs_trivial.md",
+            caption="../report/vs_trivial.rst",
+            category="Tables",
+        ),
     log:
         "logs/report/tables.log",
     conda:
