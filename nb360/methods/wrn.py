@@ -55,6 +55,12 @@ def train_config(task: str, budget: Budget) -> TrainConfig:
     )
 
 
+def smoke_config(task: str) -> TrainConfig:
+    """The WRN's smoke training of ``task``: the yardstick of every method's smoke retraining (a searched
+    network is retrained at least this long, so that it is not judged on a few dozen steps)."""
+    return train_config(task, SMOKE[task])
+
+
 def retrain(ctx: RunContext) -> RunResult:
     budget = budget_for(ctx.task.name, ctx.budget)
     seed_everything(ctx.seed)

@@ -1,0 +1,31 @@
+"""Smoke budgets: a searched network is retrained at least as many epochs as the WRN's smoke training."""
+
+import pytest
+
+from nb360.methods import darts, densenas, wrn
+from nb360.tasks import list_tasks
+
+
+@pytest.mark.parametrize("task", list_tasks())
+def test_smoke_retraining_is_as_long_as_the_wrn_smoke_training(task):
+    w = wrn.smoke_config(task)
+    d = densenas.budget_for(task, "smoke")
+    # DenseNAS' network trains about twice as fast as the WRN-16-1: the WRN's whole schedule.
+    assert (d.retrain_epochs, d.retrain_batch, d.retrain_max_batches, d.retrain_lr) == (
+        w.epochs, w.batch_size, w.max_batches_per_epoch, w.lr,
+    )  # fmt: skip
+    # The DARTS cell network trains ~4x slower per sample: the WRN's epochs, capped batches.
+    e = darts.eval_budget(task, "smoke")
+    assert e.epochs == w.epochs and e.epochs * e.max_batches_per_epoch >= 18
+
+
+def test_densenas_random_trials_keep_their_short_budget():
+    b = densenas.budget_for("cifar100", "smoke")
+    assert (b.random_epochs, b.random_batch, b.random_max_batches) == (1, 32, 10)
+    assert densenas.budget_for("cosmic", "smoke").random_batch == 4
+
+
+def test_paper_budgets_unchanged():
+    assert darts.eval_budget("cifar100", "paper").epochs == 150
+    b = densenas.budget_for("cifar100", "paper")
+    assert (b.retrain_epochs, b.retrain_lr, b.random_batch) == (240, 0.5, None)
