@@ -17,6 +17,7 @@ def test_smoke_retraining_is_as_long_as_the_wrn_smoke_training(task):
     # The DARTS cell network trains ~4x slower per sample: the WRN's epochs, capped batches.
     e = darts.eval_budget(task, "smoke")
     assert e.epochs == w.epochs and e.epochs * e.max_batches_per_epoch >= 18
+    assert e.lr == (wrn.SMOKE[task].lr or e.lr) and e.lr >= 0.02
 
 
 def test_densenas_random_trials_keep_their_short_budget():
