@@ -5,7 +5,8 @@ x0.2 at 30/60/80 % of the epochs, per-task learning rate and batch size. Split s
 
 * ``phase="search"``: fit on the task's search-fit split (train), select on its search-select split (val),
   evaluated after every epoch;
-* ``phase="retrain"``: fit on train + val (the task's retrain-fit splits) and report on test once, at the end.
+* ``phase="retrain"``: fit on the task's retrain-fit splits (train + val; train only for DeepSEA and FSD50K,
+  as in the original) and report on test once, at the end.
   The test split never chooses anything.
 
 A checkpoint is written atomically after every epoch (weights, optimiser, schedule, RNG state, history); a
