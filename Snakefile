@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/nb201.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -25,3 +26,4 @@ rule all:
         rules.figures.output,
         rules.cost.output,
         rules.architectures.output,
+        rules.nb201_report.output if NB201_TASKS else [],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -284,3 +285,46 @@ def _check_searched_architectures_were_retrained(wd: Path, tasks: list[str], met
                 assert body["kind"] == "wrn_hparams"
                 history = json.loads((run_dir / "history.json").read_text())
                 assert history["epochs"][0]["lr"] == pytest.approx(arch["lr"]), task
+
+
+@pytest.mark.integration
+def test_nb201_benchmark_trains_merges_searches_and_reports(tmp_path):
+    """The NB201 rules end to end on the embedded NinaPro and Darcy: 3 cells in chunks of 2 at the smoke
+    budget, official-format tables with the sample as evaluated_indexes, all five algorithms, the report."""
+    from nb360.nb201 import plan
+    from nb360.nb201.table import read_official
+
+    wd = _workdir(tmp_path)
+    _config(
+        wd,
+        tasks=["ninapro", "darcy"],
+        nb201={"tasks": ["ninapro", "darcy"], "cells": 3, "chunk_size": 2, "runs": 5},
+    )
+    proc = _snakemake(wd, "nb201_report", "--cores", "2")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    for task in ("ninapro", "darcy"):
+        for hp in plan.hps(task, "smoke"):
+            table = read_official(
+                wd / f"results/nb201/{task}/nb201-{task}-{hp}E.pickle.pbz2", task=task, hp=hp
+            )
+            assert table.indices == (0, 9, 123) and table.epochs == int(hp)
+            assert all(math.isfinite(table.query(i)["test_loss"]) for i in table.indices)
+        search = json.loads((wd / f"results/nb201/{task}/search.json").read_text())
+        assert len(search["algorithms"]) == 5 and all(len(r) == 5 for r in search["algorithms"].values())
+        assert (wd / f"results/figures/nb201_search_{task}.png").stat().st_size > 0
+    algos = pd.read_csv(wd / "results/tables/nb201_algorithms.csv")
+    assert len(algos) == 10 and set(algos.table_source) == {"embedded"}
+    assert (wd / "results/tables/nb201_correlations.md").stat().st_size > 0
+
+
+def test_dry_run_of_the_full_nb201_generation_is_a_few_hundred_jobs(tmp_path):
+    wd = _workdir(tmp_path)
+    _config(
+        wd,
+        tasks=["ninapro", "darcy"],
+        nb201={"tasks": ["ninapro", "darcy"], "cells": "all", "chunk_size": 256},
+    )
+    proc = _snakemake(wd, "nb201_report", "-n", "--config", "train={budget: paper}")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    counts = dict(line.split()[:2] for line in proc.stdout.splitlines() if line.startswith("nb201_"))
+    assert counts == {"nb201_chunk": "248", "nb201_table": "4", "nb201_search": "2", "nb201_report": "1"}

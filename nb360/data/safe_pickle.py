@@ -4,11 +4,18 @@ Several official files are pickles (Spherical ``s2_cifar100.gz``, ECG ``challeng
 batches, PSICOV feature files, Satellite's object ``.npy``). Unpickling runs arbitrary code, so these files
 are checksum-verified first (see :mod:`nb360.data.rawfolder`) and then read with :class:`SafeUnpickler`,
 which admits only numpy arrays, numpy dtypes/scalars and builtin containers and scalars.
+
+The NB201-space tables (NATS-Bench ``.pickle.pbz2`` files, nb201.md 6.3) are bz2-compressed pickles; they are
+read with :func:`safe_load_bz2`. That adds the bz2 stream only: their content (dicts keyed by ints, strings
+and ``(dataset, seed)`` tuples, lists, a set, ``collections.OrderedDict``, None, floats and numpy float
+scalars) is within the allow-list below, which is not widened for them.
 """
 
 from __future__ import annotations
 
+import bz2
 import io
+import os
 import pickle
 from typing import IO, Any
 
@@ -62,6 +69,21 @@ def safe_load(f: IO[bytes], encoding: str = "ASCII") -> Any:
 
 def safe_loads(data: bytes, encoding: str = "ASCII") -> Any:
     return safe_load(io.BytesIO(data), encoding=encoding)
+
+
+def safe_load_bz2(path: str | os.PathLike) -> Any:
+    """Unpickle a bz2-compressed pickle file with :class:`SafeUnpickler`, then read the stream to its end.
+
+    The pickle stops at its STOP opcode, possibly before the bz2 end-of-stream marker and its checksum;
+    reading on checks them, and refuses trailing bytes (two files concatenated, or a tampered tail).
+    Raises ``OSError``/``EOFError`` for a corrupt or truncated stream and :class:`UnsafePickleError` for
+    forbidden content.
+    """
+    with bz2.open(path, "rb") as f:
+        obj = SafeUnpickler(f, encoding="ASCII").load()
+        if f.read(1):
+            raise pickle.UnpicklingError(f"{path}: bytes after the end of the pickle")
+    return obj
 
 
 def npy_dtype(f: IO[bytes]) -> np.dtype:

@@ -116,6 +116,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary name next to ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left over when the write or rename failed
+
+
 def _row_chunks(arr: np.ndarray) -> tuple[int, ...]:
     """Whole rows per chunk, about _CHUNK_TARGET_BYTES each (at least one row; one for empty arrays)."""
     if arr.ndim == 0:

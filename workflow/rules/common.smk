@@ -6,6 +6,7 @@ from snakemake.utils import validate
 
 from nb360.config_origin import config_error, config_layers
 from nb360.methods.registry import list_methods, method_info
+from nb360.nb201 import plan as nb201_plan
 from nb360.resources import job_resources
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -135,3 +136,58 @@ def resource_of(stage, name):
         ),
         name,
     )
+
+
+# The precomputed NB201 benchmark (workflow/rules/nb201.smk).
+
+NB201 = config["nb201"]
+# The NB201 benchmark runs on those of its tasks that are configured (their shards are built anyway).
+NB201_TASKS = [t for t in NB201["tasks"] if t in TASKS]
+# The official tables need no shards: nb201_official searches both tasks whatever is configured.
+NB201_OFFICIAL_TASKS = list(nb201_plan.TASKS)
+NB201_CHUNKS = nb201_plan.n_chunks(NB201["cells"], NB201["chunk_size"])
+NB201_DIR = "results/nb201"
+NB201_OFFICIAL_DIR = "results/nb201_official"
+
+
+def nb201_table_path(task, hp):
+    return f"{NB201_DIR}/{task}/nb201-{task}-{hp}E.pickle.pbz2"
+
+
+def nb201_tables(wildcards):
+    low, final = nb201_plan.hps(wildcards.task, TRAIN["budget"])
+    return {
+        "low": nb201_table_path(wildcards.task, low),
+        "final": nb201_table_path(wildcards.task, final),
+    }
+
+
+def nb201_official_tables(wildcards):
+    low, final = nb201_plan.OFFICIAL_HPS
+    return {
+        "low": nb201_plan.official_path(DATA["raw_dir"], wildcards.task, low),
+        "final": nb201_plan.official_path(DATA["raw_dir"], wildcards.task, final),
+    }
+
+
+def nb201_report_outputs(root, figures, tasks):
+    """The NB201 report's files (tables under root, figures under figures), marked for the HTML report."""
+
+    def marked(path, caption):
+        return report(path, caption=f"../report/{caption}.rst", category="NB201")
+
+    return {
+        "algorithms_csv": f"{root}/nb201_algorithms.csv",
+        "algorithms_md": marked(f"{root}/nb201_algorithms.md", "nb201_algorithms"),
+        "correlations_csv": f"{root}/nb201_correlations.csv",
+        "correlations_md": marked(
+            f"{root}/nb201_correlations.md", "nb201_correlations"
+        ),
+        "distribution": marked(
+            f"{figures}/nb201_distribution.png", "nb201_distribution"
+        ),
+        "searches": [
+            marked(f"{figures}/nb201_search_{task}.png", "nb201_search")
+            for task in tasks
+        ],
+    }
