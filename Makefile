@@ -13,7 +13,7 @@ snakemake = $(BIN)/snakemake $(1) --workflow-profile workflow/profiles/default -
 	$(if $(filter-out 0,$(GPUS)),--resources gpu=$(GPUS))
 
 .PHONY: setup setup-slurm run run-slurm data test test-unit lint format report bench-loader bench-train \
-	bench-supernet bench-dag lock clean
+	bench-supernet bench-dag bench-layout lock clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,9 @@ bench-train: setup  ## our training loop against a bare PyTorch loop
 bench-supernet: setup  ## DARTS supernet search step: batched edges against the per-op loop (2D and 1D)
 	$(BIN)/python benchmarks/supernet_step.py
 	$(BIN)/python benchmarks/supernet_step.py --task ecg
+
+bench-layout: setup  ## CPU training step of the smoke networks: NCHW against channels-last
+	$(BIN)/python benchmarks/cpu_layout.py
 
 bench-dag: setup  ## snakemake -n of the full paper grid against a bare Snakemake DAG of the same shape
 	$(BIN)/python benchmarks/dag_overhead.py

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from nb360.methods.budgets import check_budget
 from nb360.methods.registry import method_info
 
-STAGES = ("data", "search", "search_worker", "retrain", "report")
+STAGES = ("data", "search", "search_worker", "retrain", "nb201", "report")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ _BASE = {
         "search": JobResources(mem_mb=4000, runtime=60, threads=1, gpu=1),
         "search_worker": JobResources(mem_mb=4000, runtime=60, threads=1, gpu=1),
         "retrain": JobResources(mem_mb=4000, runtime=60, threads=1, gpu=1),
+        "nb201": JobResources(mem_mb=4000, runtime=60, threads=1, gpu=1),
         "report": JobResources(mem_mb=4000, runtime=30, threads=1, gpu=0),
     },
     "paper": {
@@ -41,6 +42,9 @@ _BASE = {
         "search": JobResources(mem_mb=32000, runtime=2880, threads=4, gpu=1),
         "search_worker": JobResources(mem_mb=32000, runtime=1440, threads=4, gpu=1),
         "retrain": JobResources(mem_mb=32000, runtime=1440, threads=4, gpu=1),
+        # A chunk of NB201 cells: 256 NinaPro cells x 200 epochs fit a day on one GPU; a Darcy chunk (85 x 85
+        # through 17 cells) may need the retries' doubled run time, or a smaller nb201.chunk_size.
+        "nb201": JobResources(mem_mb=16000, runtime=1440, threads=4, gpu=1),
         "report": JobResources(mem_mb=8000, runtime=60, threads=1, gpu=0),
     },
 }

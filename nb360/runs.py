@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from nb360.data.shards import atomic_write_text
 
 if TYPE_CHECKING:  # nb360.train imports torch, which the report jobs that read runs do not need
+    import pandas as pd
+
     from nb360.train import RunResult
 
 ARCH_FORMAT = "nb360-arch/1"
@@ -50,6 +50,8 @@ def write_run(
 
 def collect_scores(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """One row per task, method, seed and metric; every metric is in the paper's lower-is-better form."""
+    import pandas as pd  # only the report jobs collect scores: training jobs skip its 0.2 s import
+
     rows = []
     for p in paths:
         run = json.loads(Path(p).read_text())

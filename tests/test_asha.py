@@ -305,6 +305,38 @@ def test_report_hook_reports_every_epoch_ends_the_segment_and_replays_a_resumed_
     assert reported == {1: 0.5, 2: 0.4}
 
 
+def test_first_params_fix_trial_zero_and_the_others_are_drawn_as_before(tmp_path):
+    config = AshaConfig(max_trials=3, max_length=1)
+    objective = _objective(lambda number, params, step: params["x"])
+    space = {**SPACE, "c": CategoricalDistribution((1, 2))}
+    run_worker(tmp_path, "first", 0, space, objective, config, seed=0, first_params={"x": 0.25})
+    trials = open_study(tmp_path, "first").trials
+    assert trials[0].params["x"] == 0.25 and trials[0].params["c"] in (1, 2)
+    for t in trials[1:]:  # trial k > 0 as without first_params: fixed by (seed, k)
+        fresh = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=asha.trial_seed(0, t.number)))
+        assert fresh.ask(space).params == t.params
+    with pytest.raises(ValueError, match=r"x=2\.0 is not in the search space"):
+        run_worker(tmp_path, "bad", 0, space, objective, config, seed=0, first_params={"x": 2.0})
+    with pytest.raises(ValueError, match="c=3 is not in the search space"):
+        run_worker(tmp_path, "bad", 0, space, objective, config, seed=0, first_params={"c": 3})
+
+
+def test_smoke_search_starts_from_the_wrns_configuration():
+    for name in ("cifar100", "fsd50k", "deepsea", "ecg"):
+        spec, cfg = get_task(name), wrn.smoke_config(name)
+        first = wrn_asha.first_params(spec, "smoke")
+        assert first["lr"] == cfg.lr and first["momentum"] == cfg.momentum == 0.9
+        assert first["weight_decay"] == cfg.weight_decay and first.get("dropout", 0.0) == 0.0
+        space = wrn_asha.search_space(spec, "smoke")
+        assert all(asha._in_space(space, k, v) for k, v in first.items())  # the WRN's lr is in the space
+        assert space["lr"].high == max(0.1, cfg.lr) and space["lr"].high / space["lr"].low == pytest.approx(
+            1e3
+        )
+    assert wrn_asha.lr_range("fsd50k", "smoke") == pytest.approx((1e-3, 1.0))  # WRN smoke lr 1.0
+    assert wrn_asha.lr_range("fsd50k", "paper") == (1e-4, 1e-1)
+    assert wrn_asha.first_params(get_task("cifar100"), "paper") is None  # the paper's search draws all
+
+
 def test_search_spaces_follow_the_paper():
     space2d, space1d = wrn_asha.search_space(get_task("cifar100")), wrn_asha.search_space(get_task("ecg"))
     assert space2d["dropout"].choices == (0.0, 0.3, 0.6)

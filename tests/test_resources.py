@@ -16,7 +16,7 @@ from tests.test_workflow import _config, _snakemake, _workdir
 def test_training_stages_ask_for_one_gpu_and_the_others_for_none():
     for budget in ("smoke", "paper"):
         for stage in STAGES:
-            expected = 1 if stage in ("search", "search_worker", "retrain") else 0
+            expected = 1 if stage in ("search", "search_worker", "retrain", "nb201") else 0
             assert job_resources(stage, budget).gpu == expected, (stage, budget)
 
 

@@ -138,10 +138,11 @@ def test_evaluation_outputs_are_float32_when_training_runs_under_bf16(embedded):
         itertools.islice(make_loader(manifest, ("val",), 4, train=False, fit_splits=fit_splits), 2)
     )
     accel = _Bf16OnCpu(torch.device("cpu"), spec.dim)
+    model = accel.model(model)  # the float32 reference runs in the loop's memory layout (channels-last)
     with torch.no_grad():
-        reference = torch.cat([model(b["x"]) for b in batches])
+        reference = torch.cat([model(accel.batch(b)["x"]) for b in batches])
         with accel.autocast():
-            mixed = torch.cat([model(b["x"]) for b in batches])
+            mixed = torch.cat([model(accel.batch(b)["x"]) for b in batches])
     assert mixed.dtype == torch.bfloat16  # the emulation is real: training forwards are bf16
     assert not torch.equal(mixed.float(), reference)
     norm = manifest["normaliser"]

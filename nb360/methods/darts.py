@@ -83,7 +83,8 @@ _LARGE_SMOKE = {"batch_size": 16, "max_batches_per_epoch": 5}
 SMOKE_SEARCH_TASK = {"darcy": _DENSE_SMOKE, "psicov": _DENSE_SMOKE, "cosmic": _DENSE_SMOKE}
 SMOKE_EVAL_TASK = {
     "darcy": _DENSE_EVAL_SMOKE, "psicov": _DENSE_EVAL_SMOKE, "cosmic": _DENSE_EVAL_SMOKE,
-    "spherical": _LARGE_SMOKE, "fsd50k": _LARGE_SMOKE,
+    # Spherical: 20 batches of 16 left GAEA at 96.5 % error (trivial 98.9); 20 of 32 reach 80.9 %.
+    "spherical": {"batch_size": 32, "max_batches_per_epoch": 20}, "fsd50k": _LARGE_SMOKE,
 }  # fmt: skip
 
 

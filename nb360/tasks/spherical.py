@@ -39,13 +39,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import map_coordinates
 
 from nb360.data.rawfolder import RawDataError, RawFolder
 from nb360.data.shards import SplitData
+from nb360.lazy import lazy_import
 from nb360.tasks.base import S3_BASE, EmbeddedContext, RawFile, RealCounts, TaskSpec, register_task
 from nb360.tasks.cifar100 import embedded_images
 from nb360.tasks.common import default_make_batch, rng_for
+
+ndimage = lazy_import("scipy.ndimage")
 
 FILE = "s2_cifar100.gz"
 BANDWIDTH = 30
@@ -158,7 +160,7 @@ def project(images: np.ndarray, rotation: np.ndarray | None) -> np.ndarray:
     k = np.broadcast_to(np.arange(n * c, dtype=np.float64)[:, None, None], (n * c, GRID, GRID))
     coords = np.stack([k, np.broadcast_to(row, k.shape), np.broadcast_to(col, k.shape)])
     # order 1 = bilinear within each image (the first coordinate is an exact integer index)
-    out = map_coordinates(stack, coords, order=1, mode="nearest")
+    out = ndimage.map_coordinates(stack, coords, order=1, mode="nearest")
     return out.reshape(n, c, GRID, GRID) * inside
 
 
