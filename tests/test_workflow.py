@@ -219,9 +219,16 @@ def test_killed_retrain_job_resumes_from_its_checkpoint(tmp_path):
 
 @pytest.mark.integration
 def test_default_dag_on_three_tasks_writes_scores_tables_figures_and_report(tmp_path):
-    """Every default method (searches included) on a point 2D, a dense 2D and a 1D task, end to end."""
+    """Every default method (searches included) on a point 2D, a dense 2D and a 1D task, end to end, with the
+    NB201 benchmark of the default run (on 3 cells)."""
     wd = _workdir(tmp_path)
-    _config(wd, tasks=["ninapro", "darcy", "satellite"])
+    cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    assert cfg["nb201"]["tasks"] == ["ninapro", "darcy"]  # part of the default run
+    _config(
+        wd,
+        tasks=["ninapro", "darcy", "satellite"],
+        nb201={**cfg["nb201"], "cells": 3, "chunk_size": 3, "runs": 5},
+    )
     methods = yaml.safe_load((wd / "config.yaml").read_text())["methods"]
     proc = _snakemake(wd, "--cores", "2")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
@@ -245,10 +252,14 @@ def test_default_dag_on_three_tasks_writes_scores_tables_figures_and_report(tmp_
         assert (wd / f"results/figures/{name}.png").stat().st_size > 0
         assert (wd / f"results/figures/{name}.pdf").stat().st_size > 0
     _check_searched_architectures_were_retrained(wd, ["ninapro", "darcy", "satellite"], methods)
+    for task in ("ninapro", "darcy"):
+        assert (wd / f"results/figures/nb201_search_{task}.png").stat().st_size > 0
+        assert len(list((wd / f"results/nb201/{task}").glob("nb201-*.pickle.pbz2"))) == 2
+    assert set(pd.read_csv(wd / "results/tables/nb201_algorithms.csv").task) == {"ninapro", "darcy"}
     report = _snakemake(wd, "--report", "results/report.html")
     assert report.returncode == 0, (report.stdout + report.stderr)[-3000:]
     html = (wd / "results/report.html").read_text()
-    assert len(html) > 10_000 and "arch.json" in html
+    assert len(html) > 10_000 and "arch.json" in html and "nb201_search_darcy.png" in html
 
 
 def _check_searched_architectures_were_retrained(wd: Path, tasks: list[str], methods: list[str]) -> None:
@@ -328,3 +339,37 @@ def test_dry_run_of_the_full_nb201_generation_is_a_few_hundred_jobs(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     counts = dict(line.split()[:2] for line in proc.stdout.splitlines() if line.startswith("nb201_"))
     assert counts == {"nb201_chunk": "248", "nb201_table": "4", "nb201_search": "2", "nb201_report": "1"}
+
+
+def test_nb201_official_without_the_files_names_them_and_where_they_go(tmp_path):
+    wd = _workdir(tmp_path, raw_dir=str(tmp_path / "raw"))
+    proc = _snakemake(wd, "nb201_official", "-n")
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert f"{tmp_path / 'raw'}/nb201/NATS-tss-v1_0-2397f.pickle.pbz2" in err
+    assert "place them in" in err and "Precomputed NB201 benchmark" in err
+    assert "MissingInputException" not in err
+
+
+@pytest.mark.integration
+def test_nb201_official_searches_and_reports_hand_placed_official_files(tmp_path):
+    """The four official files (here tiny ones in the official format) placed in <raw_dir>/nb201/: pinned in
+    the lock file, searched, and reported under results/nb201_official/ as "official"."""
+    from nb360.nb201 import plan
+    from tests.test_nb201_table import table
+
+    raw, lock = tmp_path / "raw", tmp_path / "lock.json"
+    for (task, hp), name in plan.OFFICIAL_FILES.items():
+        (raw / "nb201").mkdir(parents=True, exist_ok=True)
+        table(task, epochs=int(hp)).write_official(raw / "nb201" / name)
+    wd = _workdir(tmp_path / "wd", raw_dir=str(raw), lockfile=str(lock))
+    _config(wd, nb201={"tasks": [], "runs": 5})
+    proc = _snakemake(wd, "nb201_official", "--cores", "2")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    assert {f"nb201/{name}" for name in plan.OFFICIAL_FILES.values()} <= set(
+        json.loads(lock.read_text())["files"]
+    )
+    algos = pd.read_csv(wd / "results/nb201_official/tables/nb201_algorithms.csv")
+    assert len(algos) == 10 and set(algos.table_source) == {"official"}
+    for task in plan.TASKS:
+        assert (wd / f"results/nb201_official/figures/nb201_search_{task}.png").stat().st_size > 0

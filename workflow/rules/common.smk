@@ -164,10 +164,19 @@ def nb201_tables(wildcards):
 
 def nb201_official_tables(wildcards):
     low, final = nb201_plan.OFFICIAL_HPS
-    return {
+    paths = {
         "low": nb201_plan.official_path(DATA["raw_dir"], wildcards.task, low),
         "final": nb201_plan.official_path(DATA["raw_dir"], wildcards.task, final),
     }
+    # Nothing here can fetch them (Google Drive and S3), so say where they go instead of a MissingInput.
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise WorkflowError(
+            f"official NB201 table(s) missing: {', '.join(missing)}. Download the four NATS-tss-v1_0-*.pickle.pbz2 "
+            f"files of NAS-Bench-360 (README, 'Precomputed NB201 benchmark') and place them in "
+            f"{DATA['raw_dir']}/nb201/ under their official names (data.raw_dir sets the folder)."
+        )
+    return paths
 
 
 def nb201_report_outputs(root, figures, tasks):
