@@ -6,6 +6,8 @@ rule embedded_raw:
         f"{DATA['embedded_dir']}/{{task}}/raw.json",
     log:
         "logs/data/embedded_raw/{task}.log",
+    # Every task's data first, so that no task's whole chain of jobs is left to the end of a run.
+    priority: 10
     conda:
         "../../envs/data.yaml"
     threads: threads_of("data")
@@ -24,6 +26,8 @@ rule fetch_raw:
         f"{DATA['raw_dir']}/{{task}}/raw.json",
     log:
         "logs/data/fetch_raw/{task}.log",
+    # Every task's data first, so that no task's whole chain of jobs is left to the end of a run.
+    priority: 10
     conda:
         "../../envs/data.yaml"
     threads: threads_of("data")
@@ -45,6 +49,8 @@ rule shards:
         f"{DATA['shard_dir']}/{{task}}/manifest.json",
     log:
         "logs/data/shards/{task}.log",
+    # Every task's data first, so that no task's whole chain of jobs is left to the end of a run.
+    priority: 10
     conda:
         "../../envs/data.yaml"
     threads: threads_of("data")
