@@ -78,6 +78,8 @@ bench-dag: setup  ## snakemake -n of the full paper grid against a bare Snakemak
 # After `make setup-slurm`, so that the SLURM plugin's pins stay in the lock.
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > requirements.lock
+	# envs/train.yaml's CUDA build of XGBoost, at the version of the venv's CPU build.
+	grep '^xgboost-cpu==' requirements.lock | sed 's/^xgboost-cpu/xgboost/' >> requirements.lock
 
 clean:
 	rm -rf results logs .snakemake

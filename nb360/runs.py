@@ -42,10 +42,43 @@ def write_run(
         "params": result.params,
         "device": result.device,
     }
+    if result.selected_epoch is not None:
+        body["selected_epoch"] = result.selected_epoch
+    if result.reused_from is not None:
+        body["reused_from"] = result.reused_from
     atomic_write_text(
         history_path, json.dumps({**body, "epochs": result.history, "test": result.metrics}, indent=1)
     )
     atomic_write_text(scores_path, json.dumps({**body, "metrics": result.metrics}, indent=1))
+
+
+def reuse_run(scores_path: str | os.PathLike) -> RunResult:
+    """The result of another method's run (its ``scores.json`` and the ``history.json`` beside it), as this
+    method's: the same training, not run twice (see ``MethodInfo.reuses``)."""
+    from nb360.train import RunResult
+
+    scores_path = Path(scores_path)
+    history_path = scores_path.with_name("history.json")
+    try:
+        history = json.loads(history_path.read_text())
+        scores = json.loads(scores_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RuntimeError(
+            f"{history_path} or {scores_path} cannot be read ({e}); rerun the job that writes them"
+        ) from e
+    if history.get("test") != scores.get("metrics"):
+        raise RuntimeError(f"{history_path} and {scores_path} disagree; rerun the job that writes them")
+    return RunResult(
+        dict(scores["metrics"]),
+        list(history["epochs"]),
+        int(scores["params"]),
+        str(scores["phase"]),
+        tuple(scores["splits"]),
+        str(scores["device"]),
+        0.0,
+        scores.get("selected_epoch"),
+        reused_from=str(scores_path),
+    )
 
 
 def collect_scores(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:

@@ -39,6 +39,8 @@ def test_every_paper_method_is_registered_in_table_order():
     assert list_methods() == [
         "trivial",
         "wrn",
+        "xgboost",
+        "perceiver_io",
         "wrn_asha",
         "random_search",
         "densenas",

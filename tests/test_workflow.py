@@ -248,7 +248,14 @@ def test_default_dag_on_three_tasks_writes_scores_tables_figures_and_report(tmp_
     assert (best["wrn"] < best["trivial"]).all(), best
     for name in ("paper_table.csv", "paper_table.md", "paper_table.tex"):
         assert (wd / "results/tables" / name).stat().st_size > 0
-    for name in ("performance_profiles", "learning_curves", "parameter_counts"):
+    comparison = [f"profiles_{w}" for w in ("all", "2d", "constrained", "nas_vs_nonnas")]
+    for name in (
+        "performance_profiles",
+        "learning_curves",
+        "parameter_counts",
+        *comparison,
+        "size_vs_performance",
+    ):
         assert (wd / f"results/figures/{name}.png").stat().st_size > 0
         assert (wd / f"results/figures/{name}.pdf").stat().st_size > 0
     _check_searched_architectures_were_retrained(wd, ["ninapro", "darcy", "satellite"], methods)
@@ -260,6 +267,7 @@ def test_default_dag_on_three_tasks_writes_scores_tables_figures_and_report(tmp_
     assert report.returncode == 0, (report.stdout + report.stderr)[-3000:]
     html = (wd / "results/report.html").read_text()
     assert len(html) > 10_000 and "arch.json" in html and "nb201_search_darcy.png" in html
+    assert "profiles_nas_vs_nonnas.png" in html and "size_vs_performance.png" in html
 
 
 def _check_searched_architectures_were_retrained(wd: Path, tasks: list[str], methods: list[str]) -> None:

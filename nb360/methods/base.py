@@ -41,7 +41,8 @@ class RunContext:
     device: str
     workdir: Path  # checkpoints and other per-run files (for a search: the storage its workers share)
     arch: Path | None = None  # retrain of a search method: the searched architecture file
-    inputs: Mapping[str, Path] = field(default_factory=dict)  # search: arch.json of the methods it reads
+    # search: arch.json of the methods it reads; retrain: scores.json of the runs it may reuse (by method)
+    inputs: Mapping[str, Path] = field(default_factory=dict)
     workers: int = 1  # search: how many worker jobs share it
 
     @classmethod

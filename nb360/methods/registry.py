@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 STAGES = ("search", "retrain")  # the method stages a job runs
+FAMILIES = ("nas", "non_nas", "hpo", "reference")
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,18 @@ class MethodInfo:
     # Stages that never train a network on a GPU: their jobs ask for no GPU, so they neither hold a GPU slot
     # nor wait in a cluster's GPU queue.
     cpu_only: tuple[str, ...] = ()
+    # Its family in the comparison figures: "nas" (architecture search), "non_nas" (a fixed architecture or
+    # model: the paper's non-NAS baselines), "hpo" (a fixed architecture with tuned hyperparameters) or
+    # "reference" (the trivial baseline, in no comparison).
+    family: str = "nas"
+    # Methods whose retrained run (same task and seed) this method's retrain reuses where its searched
+    # configuration is exactly theirs: the same training, which on the CPU gives the same bits, is not run
+    # twice (its cost is still charged to this method in the cost table).
+    reuses: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f"method {self.name!r}: family {self.family!r}; families are {FAMILIES}")
         if self.search_workers and not self.searches:
             raise ValueError(f"method {self.name!r} has search workers but no search to collect them")
         if self.reads and not self.searches:
@@ -46,12 +57,28 @@ METHODS: tuple[MethodInfo, ...] = (
         "Trivial",
         "majority class / label prior / training-mean field",
         cpu_only=("retrain",),  # counts labels, trains nothing
+        family="reference",
     ),
     MethodInfo(
         "wrn",
         "nb360.methods.wrn",
         "WRN",
         "Wide ResNet baseline with the paper's default hyperparameters",
+        family="non_nas",
+    ),
+    MethodInfo(
+        "xgboost",
+        "nb360.methods.xgboost",
+        "XGBoost",
+        "gradient-boosted trees on the flattened input (dense tasks: per pixel, on its neighbourhood)",
+        family="non_nas",
+    ),
+    MethodInfo(
+        "perceiver_io",
+        "nb360.methods.perceiver_io",
+        "Perceiver IO",
+        "general-purpose attention architecture (32 latents x 128), AdamW, the best epoch on val loss",
+        family="non_nas",
     ),
     MethodInfo(
         "wrn_asha",
@@ -61,6 +88,8 @@ METHODS: tuple[MethodInfo, ...] = (
         searches=True,
         search_workers=True,
         cpu_only=("search",),  # the search job only reads the study its workers filled
+        family="hpo",
+        reuses=("wrn",),  # trial 0 is the WRN's configuration; where it wins, the retrain is the WRN's
     ),
     MethodInfo(
         "random_search",

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import zlib
 from dataclasses import asdict, replace
@@ -50,7 +51,7 @@ from nb360.methods.base import Method, RunContext, SearchResult, register_method
 from nb360.methods.budgets import Budget, check_budget, smoke_validation
 from nb360.methods.wrn import budget_for, train_config
 from nb360.models import create_model
-from nb360.runs import read_arch
+from nb360.runs import read_arch, reuse_run
 from nb360.search.asha import (
     AshaConfig,
     AshaReport,
@@ -65,6 +66,8 @@ from nb360.search.asha import (
 from nb360.tasks import TaskSpec
 from nb360.train import RunResult, TrainConfig, fit, seed_everything
 from nb360.train.loop import resolve_device
+
+log = logging.getLogger(__name__)
 
 KIND = "wrn_hparams"
 
@@ -164,6 +167,11 @@ def tuned_config(task: str, budget: Budget, hparams: dict[str, Any]) -> TrainCon
         weight_decay=float(hparams["weight_decay"]),
         nesterov=True,
     )
+
+
+def is_wrn_training(task: str, budget: Budget, hparams: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether ``hparams`` retrain exactly as the WRN baseline does (same network, same training)."""
+    return hparams.get("dropout") in (None, 0, 0.0) and cfg == train_config(task, budget)
 
 
 def build_model(spec: TaskSpec, budget: Budget, dropout: float | None) -> nn.Module:
@@ -283,9 +291,14 @@ def retrain(ctx: RunContext) -> RunResult:
         raise ValueError("wrn_asha retrains the searched hyperparameters: ctx.arch (arch.json) is required")
     hparams = read_arch(ctx.arch, kind=KIND)["arch"]
     budget = budget_for(ctx.task.name, ctx.budget)
+    cfg = tuned_config(ctx.task.name, budget, hparams)
+    wrn_run = ctx.inputs.get("wrn")
+    if wrn_run is not None and is_wrn_training(ctx.task.name, budget, hparams, cfg):
+        # The search kept the WRN's own configuration (trial 0): this retraining is the WRN's, run already.
+        log.info("%s: the searched configuration is the WRN's; reusing %s", ctx.task.name, wrn_run)
+        return reuse_run(wrn_run)
     seed_everything(ctx.seed)
     model = build_model(ctx.task, budget, hparams.get("dropout"))
-    cfg = tuned_config(ctx.task.name, budget, hparams)
     return fit(
         model, ctx.manifest, cfg, "retrain", ctx.seed, ctx.device, checkpoint=ctx.workdir / "checkpoint.pt"
     )

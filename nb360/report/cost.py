@@ -215,7 +215,9 @@ def job_costs(
     for p in map(Path, runs):
         run = _read_json(p)
         _require(run, ("task", "method", "seed", "device"), p)
-        rows.append(_job(run, "retrain", "retrain", run["device"], p, threads))
+        # A run that reuses another method's identical training is charged that training's cost.
+        source = Path(run["reused_from"]) if run.get("reused_from") else p
+        rows.append(_job(run, "retrain", "retrain", run["device"], source, threads))
     search_of: dict[Path, dict[str, Any]] = {}
     for p in map(Path, searches):
         arch = read_arch(p)

@@ -84,8 +84,13 @@ _KNOWN_COLOURS = {
     "densenas": "#d62728",
     "densenas_random": "#9467bd",
     "gaea": "#8c564b",
+    "xgboost": "#e377c2",
+    "perceiver_io": "#17becf",
+    "expert": "#bcbd22",
+    "best NAS": "#d62728",
+    "best non-NAS": "#1f77b4",
 }
-_SPARE_COLOURS = ("#e377c2", "#17becf", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+_SPARE_COLOURS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 _LINESTYLES = ("-", "--", "-.", ":")
 
 
@@ -173,34 +178,38 @@ def plain_log_ticks(axis: Any, lo: float, hi: float) -> None:
     axis.set_minor_formatter(two_five if hi / lo < 15 else NullFormatter())
 
 
+def draw_profiles(ax: Any, ratios: pd.DataFrame, colours: Mapping[str, str]) -> None:
+    """Draw the profiles of ``ratios`` (:func:`profile_ratios`) on ``ax``: one step curve per method."""
+    finite = ratios.to_numpy()[np.isfinite(ratios.to_numpy())]
+    tau_max = max(2.0, float(finite.max()) * 1.15) if finite.size else 2.0
+    for i, method in enumerate(ratios.columns):
+        taus, rho = profile_curve(ratios[method])
+        ax.step(
+            np.append(taus, tau_max),
+            np.append(rho, rho[-1]),
+            where="post",
+            color=colours[method],
+            linestyle=_LINESTYLES[i % len(_LINESTYLES)],
+            linewidth=1.8,
+            label=method_title(method),
+        )
+    ax.set_xscale("log")
+    ax.set_xlim(1.0, tau_max)
+    plain_log_ticks(ax.xaxis, 1.0, tau_max)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("τ (ratio to the best method on the task, log scale)")
+    ax.set_ylabel(f"fraction of tasks with ratio ≤ τ (n = {len(ratios)})")
+
+
 def performance_profiles(
     scores: pd.DataFrame, out_stem: str | os.PathLike, methods: Sequence[str] | None = None
 ) -> list[Path]:
     """Dolan–Moré performance profiles over the tasks in ``scores`` (PNG and PDF); returns the paths."""
     ratios = profile_ratios(scores, methods)
-    finite = ratios.to_numpy()[np.isfinite(ratios.to_numpy())]
-    tau_max = max(2.0, float(finite.max()) * 1.15) if finite.size else 2.0
-    colours = method_colours(ratios.columns)
     with mpl.rc_context(STYLE):
         fig = new_figure(6.5, 4.0)
         ax = fig.add_subplot()
-        for i, method in enumerate(ratios.columns):
-            taus, rho = profile_curve(ratios[method])
-            ax.step(
-                np.append(taus, tau_max),
-                np.append(rho, rho[-1]),
-                where="post",
-                color=colours[method],
-                linestyle=_LINESTYLES[i % len(_LINESTYLES)],
-                linewidth=1.8,
-                label=method_title(method),
-            )
-        ax.set_xscale("log")
-        ax.set_xlim(1.0, tau_max)
-        plain_log_ticks(ax.xaxis, 1.0, tau_max)
-        ax.set_ylim(-0.03, 1.03)
-        ax.set_xlabel("τ (ratio to the best method on the task, log scale)")
-        ax.set_ylabel(f"fraction of tasks with ratio ≤ τ (n = {len(ratios)})")
+        draw_profiles(ax, ratios, method_colours(ratios.columns))
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         return save_figure(fig, out_stem)
 
@@ -396,6 +405,7 @@ def parameter_counts(
 
 
 __all__ = [
+    "draw_profiles",
     "learning_curves",
     "load_histories",
     "method_colours",

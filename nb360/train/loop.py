@@ -61,9 +61,11 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    # "sgd" (with momentum and nesterov above) or "adamw" (Perceiver IO; decoupled weight decay).
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     # "step": x gamma at the milestones (the WRN protocol); "cosine": cosine annealing to lr_min over the
-    # epochs (DARTS, DenseNAS).
-    schedule: Literal["step", "cosine"] = "step"
+    # epochs (DARTS, DenseNAS); "constant": no schedule (Perceiver IO).
+    schedule: Literal["step", "cosine", "constant"] = "step"
     milestones: tuple[float, ...] = (0.3, 0.6, 0.8)  # fractions of the epochs
     gamma: float = 0.2
     lr_min: float = 0.0
@@ -82,6 +84,10 @@ class TrainConfig:
     val_every: int = 1
     max_eval_batches: int | None = None
     num_workers: int = 0
+    # Retrain phase only: fit on the search-fit split (train) instead of train + val, compute the loss on the
+    # search-select split (val) after every epoch, and report the epoch with the lowest validation loss on
+    # test (a Lightning ModelCheckpoint on val_loss, as Perceiver IO's original runs).
+    keep_best_val_loss: bool = False
 
 
 @dataclass
@@ -93,6 +99,10 @@ class RunResult:
     eval_splits: tuple[str, ...] = ("test",)
     device: str = "cpu"
     seconds: float = 0.0  # wall time of the epochs run in this call and the final evaluation
+    # The epoch (or boosting round) whose model was reported, where a run selects one on validation.
+    selected_epoch: int | None = None
+    # The scores.json of the run whose result this one reuses (the same training; see MethodInfo.reuses).
+    reused_from: str | None = None
 
 
 @dataclass
@@ -336,12 +346,55 @@ def make_scheduler(
     if cfg.schedule == "cosine":
         t_max = cfg.epochs * steps_per_epoch if cfg.per_step_schedule else cfg.epochs
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=cfg.lr_min)
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
     if cfg.schedule != "step":
-        raise ValueError(f"schedule must be 'step' or 'cosine', not {cfg.schedule!r}")
+        raise ValueError(f"schedule must be 'step', 'cosine' or 'constant', not {cfg.schedule!r}")
     milestones = sorted(
         {max(1, math.ceil(f * cfg.epochs)) for f in cfg.milestones if f * cfg.epochs < cfg.epochs}
     )
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The weight optimiser of ``cfg``."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer != "sgd":
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {cfg.optimizer!r}")
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+@torch.no_grad()
+def validation_loss(
+    model: nn.Module,
+    spec: TaskSpec,
+    manifest: Mapping[str, Any],
+    splits: tuple[str, ...],
+    fit_splits: tuple[str, ...],
+    batch_size: int,
+    loss_fn: Any,
+    accel: _Accelerator,
+    max_batches: int | None = None,
+) -> float:
+    """The training loss on evaluation batches of ``splits`` (first ``max_batches`` only, if given), in
+    float32: the sample-weighted mean of the batch losses."""
+    loader = make_loader(manifest, splits, batch_size, train=False, fit_splits=fit_splits)
+    model.eval()
+    total, seen = 0.0, 0
+    for batch in itertools.islice(loader, max_batches) if max_batches else loader:
+        batch = accel.batch(batch)
+        with accel.evaluation():
+            out = spec.eval_forward(model, batch["x"]) if spec.eval_forward else model(batch["x"])
+        n = len(batch["x"])
+        total, seen = total + loss_fn(out.float(), batch).item() * n, seen + n
+    return total / max(seen, 1)
 
 
 def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -376,6 +429,11 @@ def fit(
     manifest = manifest if isinstance(manifest, Mapping) else read_manifest(manifest)
     spec = get_task(manifest["task"])
     fit_splits, eval_splits = phase_splits(spec, phase)
+    select_splits: tuple[str, ...] = ()
+    if cfg.keep_best_val_loss:
+        if phase != "retrain":
+            raise ValueError("keep_best_val_loss selects a retrain's epoch; the search phase selects on val")
+        fit_splits, select_splits = phase_splits(spec, "search")
     normaliser = manifest.get("normaliser", {})
     accel = _Accelerator(resolve_device(device), spec.dim, amp)
     model = accel.model(model)
@@ -391,19 +449,14 @@ def fit(
     )
     steps = len(loader) if cfg.max_batches_per_epoch is None else min(len(loader), cfg.max_batches_per_epoch)
     params_to_train = weight_parameters(model)
-    optimizer = torch.optim.SGD(
-        params_to_train,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov and cfg.momentum > 0,
-        weight_decay=cfg.weight_decay,
-    )
+    optimizer = make_optimizer(params_to_train, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps)
     for hook in hooks:
         hook.setup(FitState(model, spec, manifest, cfg, seed, fit_splits, loss_fn, accel))
 
     history: list[dict[str, Any]] = []
     start = 0
+    best: dict[str, Any] | None = None  # keep_best_val_loss: {"epoch", "loss", "model"} of the best epoch
     state = _load_checkpoint(ckpt_path) if ckpt_path is not None else None
     if state is not None and state.get("config") != asdict(cfg):
         log.warning("checkpoint %s was written with another configuration; starting over", ckpt_path)
@@ -420,6 +473,7 @@ def fit(
         for hook, hook_state in zip(hooks, state.get("hooks", []), strict=False):
             hook.load_state_dict(hook_state)
         history, start = list(state["history"]), int(state["epoch"])
+        best = state.get("best")
         log.info("resuming %s from %s after epoch %d of %d", spec.name, ckpt_path, start, cfg.epochs)
     params = count_params(model)
     log.info(
@@ -480,6 +534,21 @@ def fit(
         }
         if phase == "search" and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
             record["val"] = evaluate(model, spec, manifest, eval_splits, fit_splits, eval_bs, accel, eval_cap)
+        if select_splits:
+            record["val_loss"] = validation_loss(
+                model,
+                spec,
+                manifest,
+                select_splits,
+                fit_splits,
+                eval_bs,
+                loss_fn,
+                accel,
+                cfg.max_eval_batches,
+            )
+            if best is None or record["val_loss"] < best["loss"]:
+                state_now = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best = {"epoch": epoch + 1, "loss": record["val_loss"], "model": state_now}
         for hook in hooks:
             hook.epoch_end(epoch, record)
         history.append(record)
@@ -488,6 +557,8 @@ def fit(
             epoch + 1, cfg.epochs, record["train_loss"], lr, seconds, record["samples_per_s"],
             f", val {record['val']}" if record["val"] else "",
         )  # fmt: skip
+        if select_splits:
+            log.info("  val loss %.4g (best %.4g, epoch %d)", record["val_loss"], best["loss"], best["epoch"])
         if ckpt_path is not None:
             _save_checkpoint(
                 ckpt_path,
@@ -502,13 +573,23 @@ def fit(
                     "config": asdict(cfg),
                     "model_signature": signature,
                     "hooks": [hook.state_dict() for hook in hooks],
+                    "best": best,
                 },
             )
         attempts.heartbeat(f"{phase} epoch {epoch + 1}/{cfg.epochs}", str(accel.device))
+    if best is not None:
+        model.load_state_dict(best["model"])
+        log.info(
+            "%s: reporting epoch %d, the lowest validation loss (%.4g)",
+            spec.name,
+            best["epoch"],
+            best["loss"],
+        )
     if phase == "search" and history and history[-1]["epoch"] == cfg.epochs and history[-1]["val"]:
         final = history[-1]["val"]  # the last epoch's validation is the final one: no second pass
     else:
         final = evaluate(model, spec, manifest, eval_splits, fit_splits, eval_bs, accel, eval_cap)
     log.info("%s %s on %s: %s", spec.name, phase, "+".join(eval_splits), final)
     seconds = time.perf_counter() - t_start
-    return RunResult(final, history, params, phase, eval_splits, str(accel.device), seconds)
+    selected = best["epoch"] if best is not None else None
+    return RunResult(final, history, params, phase, eval_splits, str(accel.device), seconds, selected)

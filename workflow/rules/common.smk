@@ -98,10 +98,17 @@ def search_inputs(wildcards):
 
 
 def retrain_inputs(wildcards):
-    """A retrain job's inputs: the shards and, for a search method, its searched architecture."""
+    """A retrain job's inputs: the shards, for a search method its searched architecture, and the runs of
+    the configured methods whose retraining it may reuse (MethodInfo.reuses)."""
+    info = method_info(wildcards.method)
     inputs = {"manifest": f"{DATA['shard_dir']}/{wildcards.task}/manifest.json"}
-    if method_info(wildcards.method).searches:
+    if info.searches:
         inputs["arch"] = f"{search_dir(wildcards)}/arch.json"
+    for other in info.reuses:
+        if other in METHODS:
+            inputs[f"reuse_{other}"] = (
+                f"results/runs/{wildcards.task}/{other}/seed{wildcards.seed}/scores.json"
+            )
     return inputs
 
 

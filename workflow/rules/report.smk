@@ -75,11 +75,41 @@ rule figures:
             caption="../report/parameter_counts.rst",
             category="Figures",
         ),
+        profiles_all=report(
+            "results/figures/profiles_all.png",
+            caption="../report/profiles_all.rst",
+            category="Comparison figures",
+        ),
+        profiles_2d=report(
+            "results/figures/profiles_2d.png",
+            caption="../report/profiles_2d.rst",
+            category="Comparison figures",
+        ),
+        profiles_constrained=report(
+            "results/figures/profiles_constrained.png",
+            caption="../report/profiles_constrained.rst",
+            category="Comparison figures",
+        ),
+        profiles_nas_vs_nonnas=report(
+            "results/figures/profiles_nas_vs_nonnas.png",
+            caption="../report/profiles_nas_vs_nonnas.rst",
+            category="Comparison figures",
+        ),
+        size=report(
+            "results/figures/size_vs_performance.png",
+            caption="../report/size_vs_performance.rst",
+            category="Comparison figures",
+        ),
         pdfs=multiext(
             "results/figures/",
             "performance_profiles.pdf",
             "learning_curves.pdf",
             "parameter_counts.pdf",
+            "profiles_all.pdf",
+            "profiles_2d.pdf",
+            "profiles_constrained.pdf",
+            "profiles_nas_vs_nonnas.pdf",
+            "size_vs_performance.pdf",
         ),
     log:
         "logs/report/figures.log",
