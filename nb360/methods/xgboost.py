@@ -58,6 +58,7 @@ class XGBBudget:
     # Dense tasks: coarser neighbourhoods, as average-pooling factors of the input (the pixel's 3^d
     # neighbourhood at each scale).
     scales: tuple[int, ...] = (4, 16)
+    eta: float = 1.0  # the original's learning rate
 
 
 PAPER = {"dense": XGBBudget(max_rows=1_000_000), "point": XGBBudget()}
@@ -211,6 +212,7 @@ def boost(
     rounds: int,
     seed: int,
     device: str,
+    eta: float = 1.0,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Boosted trees on ``train`` (features, labels), early-stopped on ``val``; returns the booster and one
     record per round (training and validation loss)."""
@@ -219,6 +221,7 @@ def boost(
     params = {
         **PARAMS,
         **objective(spec),
+        "eta": eta,
         "device": device,
         "sampling_method": "gradient_based" if device.startswith("cuda") else "uniform",
         "seed": seed,
@@ -304,7 +307,7 @@ def retrain(ctx: RunContext) -> RunResult:
         "%s xgboost: %d training rows x %d features, %d validation rows, up to %d rounds on %s",
         spec.name, *train_xy[0].shape, len(val_xy[0]), budget.rounds, device,
     )  # fmt: skip
-    booster, history = boost(spec, train_xy, val_xy, budget.rounds, ctx.seed, device)
+    booster, history = boost(spec, train_xy, val_xy, budget.rounds, ctx.seed, device, budget.eta)
     if spec.output_kind == "dense":
         lengths = test["length"].reshape(-1) if "length" in test else None
         pred = _dense_predict(spec, booster, test["x"], budget, lengths)
