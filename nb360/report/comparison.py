@@ -137,7 +137,9 @@ def _panels(
         n = ours["task"].nunique()
         panels.append((f"{prefix}ours ({n} tasks)", ours[ours["method"].isin(present)], present))
         paper_rows = published[published["method"].isin(present) & published["task"].isin(ours["task"])]
-        panels.append((f"{prefix}published", paper_rows, present))
+        # Methods the paper has no number for (e.g. random search) are left out of the published panel.
+        in_paper = [m for m in present if m in set(paper_rows["method"])]
+        panels.append((f"{prefix}published", paper_rows, in_paper))
     return panels
 
 

@@ -1,7 +1,9 @@
 """The one training loop, for every task and every architecture (baselines now, searched networks later).
 
 The paper's protocol (nb360.md 3.1): SGD with Nesterov momentum 0.9, weight decay 5e-4, learning rate decayed
-x0.2 at 30/60/80 % of the epochs, per-task learning rate and batch size. Split semantics are explicit:
+x0.2 at 30/60/80 % of the epochs, per-task learning rate and batch size. ``TrainConfig`` also gives AdamW, a
+cosine or a constant schedule, and (``keep_best_val_loss``) a retrain that fits on train and reports the
+epoch of lowest validation loss, as Perceiver IO's original runs. Split semantics are explicit:
 
 * ``phase="search"``: fit on the task's search-fit split (train), select on its search-select split (val),
   evaluated after every epoch;
