@@ -167,14 +167,19 @@ def _draw(panels: Sequence[tuple[str, pd.DataFrame, list[str]]], out_stem: Path)
                 continue
             draw_profiles(ax, profile_ratios(frame, ms), colours)
             ax.set_title(title)
-        handles, labels = [], []
-        for ax in axes.flat:
-            for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
-                if label not in labels:
-                    handles.append(h)
-                    labels.append(label)
-        fig.legend(handles, labels, loc="outside right upper", frameon=False)
+        _shared_legend(fig, axes.flat)
         return save_figure(fig, out_stem)
+
+
+def _shared_legend(fig: Any, axes: Iterable[Any]) -> None:
+    """One legend right of the panels: every label of the axes once, in order of first appearance."""
+    handles, labels = [], []
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    fig.legend(handles, labels, loc="outside right upper", frameon=False)
 
 
 # ---------------------------------------------------------------------------------------- size vs score
@@ -247,11 +252,5 @@ def size_vs_performance(
             ax.plot(xs, slope * np.log10(xs) + intercept, color="black", linewidth=1, linestyle="--")
             ax.text(0.03, 0.95, f"Pearson r = {r:.2f} (n = {len(sub)})", transform=ax.transAxes, va="top")
             plain_log_ticks(ax.xaxis, sub["params"].min(), sub["params"].max())
-        handles, labels = [], []
-        for ax in axes:
-            for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
-                if label not in labels:
-                    handles.append(h)
-                    labels.append(label)
-        fig.legend(handles, labels, loc="outside right upper", frameon=False)
+        _shared_legend(fig, axes)
         return save_figure(fig, out_stem)
