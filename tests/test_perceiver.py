@@ -7,7 +7,7 @@ from torch import nn
 
 from nb360.methods import RunContext, get_method, perceiver_io
 from nb360.models import create_model
-from nb360.models.perceiver import TokenProjection, fourier_features
+from nb360.models.perceiver import TokenProjection, fourier_features, patchify
 from nb360.tasks import get_task
 from nb360.train import TrainConfig, fit, seed_everything
 
@@ -30,6 +30,28 @@ def test_fourier_features_of_a_grid():
     assert f[0, :2].tolist() == [-1.0, -1.0] and f[-1, :2].tolist() == [1.0, 1.0]
     assert f[1, 0] == -1.0 and f[1, 1] > -1.0  # row-major: the second position moves along the last axis
     assert fourier_features((46,), 32).shape == (46, 65)  # 1D: one axis of features
+
+
+def test_patchify_stacks_each_block_as_channels_and_pads_the_ends():
+    x = torch.arange(2 * 3 * 5 * 7.0).reshape(2, 3, 5, 7)
+    tokens = patchify(x, 2)
+    assert tokens.shape == (2, 3 * 4, 3, 4)
+    # block (1, 2), channel 1, offset (1, 0) in the block: pixel (3, 4) of channel 1
+    assert tokens[0, 1 * 4 + 1 * 2 + 0, 1, 2] == x[0, 1, 3, 4]
+    assert tokens[1, 0, 2, 3] == x[1, 0, 4, 6]  # the last block starts at the last pixel...
+    assert tokens[1, 1, 2, 3] == 0 and tokens[1, 2, 2, 3] == 0  # ...and is zero beyond the edges
+    line = patchify(torch.arange(10.0).reshape(1, 1, 10), 4)
+    assert line[0, :, 2].tolist() == [8.0, 9.0, 0.0, 0.0]
+    assert patchify(x, 1) is x
+
+
+def test_patch_tokens_and_full_resolution_pixel_queries():
+    model = create_model("perceiver_io", get_task("cifar100"), patch=4)
+    assert model.pos.shape[0] == 8 * 8 and model.first.cross.kv_proj.in_channels == 3 * 16
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+    dense = create_model("perceiver_io", get_task("darcy"), decoder="pixel", patch=5, latent_channels=32)
+    assert dense.pos.shape[0] == 17 * 17 and dense.pixel_pos.shape[0] == 85 * 85
+    assert dense(torch.randn(2, 3, 85, 85)).shape == (2, 1, 85, 85)
 
 
 @pytest.mark.parametrize(
@@ -109,3 +131,10 @@ def test_adamw_and_the_constant_schedule():
         200,
     )
     assert cfg.keep_best_val_loss and cfg.batch_size == 128 and cfg.max_eval_batches is None
+
+
+def test_smoke_runs_read_patches_and_select_point_tasks_on_the_whole_of_val():
+    point = perceiver_io.train_config("cifar100", perceiver_io.SMOKE["cifar100"], smoke=True)
+    dense = perceiver_io.train_config("darcy", perceiver_io.SMOKE["darcy"], smoke=True)
+    assert point.max_eval_batches is None and dense.max_eval_batches == 2
+    assert set(perceiver_io.SMOKE_PATCH) == set(perceiver_io.SMOKE) == set(perceiver_io.PAPER_BATCH)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from nb360.methods.base import Method, RunContext, register_method
 from nb360.methods.budgets import Budget, check_budget, smoke_validation
 from nb360.models import create_model
-from nb360.tasks import TaskSpec
+from nb360.tasks import TaskSpec, get_task
 from nb360.train import RunResult, TrainConfig, fit, seed_everything
 
 LR = 1e-3
@@ -32,16 +32,19 @@ PAPER_BATCH = {
     "satellite": 4096,
 }
 PAPER = Budget(epochs=200)
-# Smoke budget (the embedded default): a smaller network (SMOKE_MODEL), a few capped epochs, smaller batches
-# and a learning rate of 3e-3; the validation loss of a smoke run is that of a fixed slice of val. Under a
-# minute a task on one core. Measured on the embedded data: it beats the trivial baseline by 10 % on NinaPro,
-# Satellite, Darcy, PSICOV and DeepSEA only (an attention model learns slowly from a few thousand samples;
-# CIFAR-100 needs about twice these steps: README, "Results of the default run").
+# Smoke budget (the embedded default): a smaller network (SMOKE_MODEL) reading patch tokens (SMOKE_PATCH), a
+# few epochs, smaller batches and a learning rate of 3e-3. Point tasks select the epoch on the whole of val
+# (patch tokens make it cheap); dense tasks on the fixed slice of val of every smoke run. Measured on the
+# embedded data (seed 0, 5-35 s a task on one core): beyond the trivial baseline by 10 % on 8 tasks (CIFAR-100
+# 59.4 % error, Spherical 85.5 %, NinaPro 50.0 %, Darcy 0.177, PSICOV 2.85, ECG 0.554, Satellite 56.3 %,
+# DeepSEA 0.441), not on FSD50K (0.64 against 0.65) nor Cosmic (no pixel's logit above the metric's 0.5).
+# Pixel tokens, as the paper budget reads them, left CIFAR-100 at 92.1 % and ECG at the majority class in
+# twice the time.
 SMOKE = {
-    "cifar100": Budget(epochs=4, batch_size=32),
-    "spherical": Budget(epochs=3, max_batches_per_epoch=30, batch_size=32),
+    "cifar100": Budget(epochs=6, batch_size=32),
+    "spherical": Budget(epochs=8, max_batches_per_epoch=40, batch_size=32),
     "ninapro": Budget(epochs=8, batch_size=32),
-    "fsd50k": Budget(epochs=3, max_batches_per_epoch=15, batch_size=16),
+    "fsd50k": Budget(epochs=8, batch_size=32),
     "darcy": Budget(epochs=5, max_batches_per_epoch=20, batch_size=4),
     "psicov": Budget(epochs=3, max_batches_per_epoch=8, batch_size=4),
     "cosmic": Budget(epochs=3, max_batches_per_epoch=20, batch_size=4),
@@ -55,6 +58,21 @@ SMOKE = {
 # the paper's: 128 channels, 3 layers of 3), about fifteen times faster a step than the paper's network on
 # the CPU, as the WRN's smoke budget narrows the WRN.
 SMOKE_MODEL = {"latent_channels": 64, "self_attention_layers": 1, "num_layers": 1}
+# Smoke tokens: blocks of this many positions per axis (Perceiver IO's "patches" preprocessor; the paper
+# budget reads every pixel, as the original), 50-300 tokens a sample; NinaPro and Satellite are small enough
+# to read whole.
+SMOKE_PATCH = {
+    "cifar100": 4,
+    "spherical": 6,
+    "ninapro": 1,
+    "fsd50k": 8,
+    "darcy": 5,
+    "psicov": 4,
+    "cosmic": 4,
+    "ecg": 10,
+    "satellite": 1,
+    "deepsea": 5,
+}
 
 
 def decoder_for(spec: TaskSpec) -> str:
@@ -76,17 +94,22 @@ def train_config(task: str, budget: Budget, smoke: bool) -> TrainConfig:
         schedule="constant",
         max_batches_per_epoch=budget.max_batches_per_epoch,
         keep_best_val_loss=True,
-        **(smoke_validation(task) if smoke else {}),
+        **(_smoke_validation(task) if smoke else {}),
     )
+
+
+def _smoke_validation(task: str) -> dict[str, int | None]:
+    if get_task(task).output_kind == "dense":
+        return smoke_validation(task)
+    return {**smoke_validation(task), "max_eval_batches": None}
 
 
 def retrain(ctx: RunContext) -> RunResult:
     budget = budget_for(ctx.task.name, ctx.budget)
     seed_everything(ctx.seed)
     smoke = check_budget(ctx.budget) == "smoke"
-    model = create_model(
-        "perceiver_io", ctx.task, decoder=decoder_for(ctx.task), **(SMOKE_MODEL if smoke else {})
-    )
+    smoke_model = {**SMOKE_MODEL, "patch": SMOKE_PATCH[ctx.task.name]} if smoke else {}
+    model = create_model("perceiver_io", ctx.task, decoder=decoder_for(ctx.task), **smoke_model)
     cfg = train_config(ctx.task.name, budget, smoke=smoke)
     # fp32 as the original (no autocast: attention logits over 16k tokens are not bf16-safe without care).
     return fit(

@@ -157,7 +157,7 @@ def _pixel_rows(
     return np.concatenate(feats), candidates
 
 
-def _dense_targets(spec: TaskSpec, data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+def _dense_targets(data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-pixel targets (n, *spatial) and the pixels that count (None: all)."""
     y = data["y"][:, 0]
     mask = data.get("mask")
@@ -264,7 +264,7 @@ def _point_xy(spec: TaskSpec, data: Mapping[str, np.ndarray]) -> tuple[np.ndarra
 def _dense_train_rows(
     spec: TaskSpec, data: Mapping[str, np.ndarray], budget: XGBBudget, rows: int | None, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    y, keep = _dense_targets(spec, data)
+    y, keep = _dense_targets(data)
     feats, picked = _pixel_rows(data["x"], keep, budget, rows, np.random.default_rng(seed))
     return feats, y.reshape(-1)[picked].astype(np.float32)
 

@@ -10,6 +10,10 @@ MLPs of widening factor 1, no dropout; latents and query drawn from N(0, 0.02) t
 
 Written once for 1D and 2D inputs. Deviation: 1D tasks get position features for their one axis (the
 original treated them as height-1 images, adding a constant feature block for the height axis).
+
+``patch`` > 1 makes each input token a non-overlapping block of ``patch`` positions per axis (Perceiver IO's
+"patches" preprocessor, space-to-depth), for the smoke budget only: the original (``patch=1``) reads every
+pixel as a token. Dense outputs are still decoded per pixel at full resolution.
 """
 
 from __future__ import annotations
@@ -34,6 +38,26 @@ def fourier_features(shape: tuple[int, ...], bands: int) -> torch.Tensor:
         angle = math.pi * pos[:, d : d + 1] * freqs
         parts += [torch.sin(angle), torch.cos(angle)]
     return torch.cat(parts, dim=1)
+
+
+def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, *S) -> (B, C * patch**d, *ceil(S / patch)): non-overlapping blocks of ``patch`` positions per
+    axis stacked as channels (space-to-depth), the input zero-padded at the end of each axis to a multiple."""
+    if patch == 1:
+        return x
+    spatial = x.shape[2:]
+    pad = [p for n in reversed(spatial) for p in (0, -n % patch)]
+    x = F.pad(x, pad)
+    b, c, *s = x.shape
+    d = len(s)
+    x = x.reshape(b, c, *[v for n in s for v in (n // patch, patch)])
+    # (B, C, g0, p0, g1, p1, ...) -> (B, C, p0, p1, ..., g0, g1, ...): channel index = (c, offsets)
+    x = x.permute(0, 1, *[3 + 2 * i for i in range(d)], *[2 + 2 * i for i in range(d)])
+    return x.reshape(b, c * patch**d, *[n // patch for n in s])
+
+
+def patch_grid(spatial: tuple[int, ...], patch: int) -> tuple[int, ...]:
+    return tuple(-(-n // patch) for n in spatial)
 
 
 class MLP(nn.Sequential):
@@ -156,8 +180,8 @@ class PixelDecoder(nn.Module):
         self.norm = nn.LayerNorm(latent_channels)
         self.head = nn.Linear(latent_channels, out_channels)
 
-    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        q = self.query(tokens, pos)  # (B, positions, latent_channels)
+    def forward(self, pixels: torch.Tensor, pos: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        q = self.query(pixels, pos)  # (B, positions, latent_channels)
         k, v = self.kv(self.kv_norm(latents)).chunk(2, dim=-1)
         return self.head(self.norm(q + attend(q, k, v, self.heads)))  # (B, positions, out_channels)
 
@@ -177,16 +201,22 @@ class PerceiverIO(nn.Module):
         heads: int = 4,
         decoder_heads: int = 1,
         decoder: str = "query",
+        patch: int = 1,
     ):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        if patch < 1:
+            raise ValueError(f"patch must be at least 1, got {patch}")
         self.out_shape = tuple(out_shape)
-        self.register_buffer("pos", fourier_features(tuple(spatial), bands), persistent=False)
+        self.patch = patch
+        spatial = tuple(spatial)
+        self.register_buffer("pos", fourier_features(patch_grid(spatial, patch), bands), persistent=False)
         pos_channels = self.pos.shape[1]
+        token_channels = in_channels * patch ** len(spatial)
         self.latents = nn.Parameter(torch.empty(num_latents, latent_channels))
         self.query = nn.Parameter(torch.empty(1, latent_channels))
-        layer = (latent_channels, in_channels, pos_channels, cross_heads, heads, self_attention_layers)
+        layer = (latent_channels, token_channels, pos_channels, cross_heads, heads, self_attention_layers)
         self.first = EncoderLayer(*layer)
         # Layers 2..num_layers share one module (the original's weight sharing).
         self.shared = EncoderLayer(*layer) if num_layers > 1 else None
@@ -199,6 +229,9 @@ class PerceiverIO(nn.Module):
             )
         self.pixel_decoder = self.decoder = self.head = None
         if decoder == "pixel":
+            # The queries: every pixel at full resolution (its own position features when tokens are patches).
+            pixel_pos = fourier_features(spatial, bands) if patch > 1 else None
+            self.register_buffer("pixel_pos", pixel_pos, persistent=False)
             self.pixel_decoder = PixelDecoder(
                 in_channels, pos_channels, latent_channels, decoder_heads, out_shape[0]
             )
@@ -210,7 +243,7 @@ class PerceiverIO(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
-        tokens = x.flatten(2).transpose(1, 2)  # (B, positions, channels), row-major positions
+        tokens = patchify(x, self.patch).flatten(2).transpose(1, 2)  # (B, positions, channels), row-major
         pos = self.pos.to(tokens.dtype)
         latents = self.first(self.latents.expand(b, -1, -1), self.first.cross.keys_values(tokens, pos))
         if self.shared is not None:
@@ -219,7 +252,9 @@ class PerceiverIO(nn.Module):
             for _ in range(self.repeats):
                 latents = self.shared(latents, shared_kv)
         if self.pixel_decoder is not None:
-            out = self.pixel_decoder(tokens, pos, latents)  # (B, positions, channels)
+            pixels = x.flatten(2).transpose(1, 2)
+            pixel_pos = pos if self.pixel_pos is None else self.pixel_pos.to(pixels.dtype)
+            out = self.pixel_decoder(pixels, pixel_pos, latents)  # (B, positions, channels)
             return out.transpose(1, 2).reshape(b, *self.out_shape)
         no_pos = pos.new_zeros(1, 0)
         out = self.decoder(self.query.expand(b, -1, -1), self.decoder.keys_values(latents, no_pos))

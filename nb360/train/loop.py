@@ -296,13 +296,8 @@ def predict(
     """Model outputs (decoded to target units) and the batches' targets, concatenated in loader order
     (:func:`_join`: per-sample lists where batches differ in shape, as PSICOV's evaluation canvases)."""
     accel = accel or _Accelerator(next(model.parameters(), torch.zeros(0)).device, spec.dim)
-    model.eval()
     parts: dict[str, list[np.ndarray]] = defaultdict(list)
-    for batch in batches:
-        x = accel.batch({"x": batch["x"]})["x"]
-        with accel.evaluation():
-            out = spec.eval_forward(model, x) if spec.eval_forward else model(x)
-        out = out.float()
+    for batch, out in _eval_outputs(model, spec, batches, accel, move_targets=False):
         if spec.decode_output:
             out = spec.decode_output(out, normaliser, fit_splits)
         parts["pred"].append(out.cpu().numpy())
@@ -310,6 +305,23 @@ def predict(
             if k != "x":
                 parts[k].append(v.numpy())
     return {k: _join(v) for k, v in parts.items()}
+
+
+def _eval_outputs(
+    model: nn.Module,
+    spec: TaskSpec,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    accel: _Accelerator,
+    move_targets: bool,
+) -> Iterator[tuple[Mapping[str, torch.Tensor], torch.Tensor]]:
+    """Each batch with the model's float32 output in evaluation mode (``eval_forward`` where the task has
+    one); the batch's inputs on the device, and its targets too if ``move_targets``."""
+    model.eval()
+    for batch in batches:
+        moved = accel.batch(batch if move_targets else {"x": batch["x"]})
+        with accel.evaluation():
+            out = spec.eval_forward(model, moved["x"]) if spec.eval_forward else model(moved["x"])
+        yield {**batch, **moved}, out.float()
 
 
 def _join(parts: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
@@ -388,14 +400,11 @@ def validation_loss(
     """The training loss on evaluation batches of ``splits`` (first ``max_batches`` only, if given), in
     float32: the sample-weighted mean of the batch losses."""
     loader = make_loader(manifest, splits, batch_size, train=False, fit_splits=fit_splits)
-    model.eval()
+    batches = itertools.islice(loader, max_batches) if max_batches else loader
     total, seen = 0.0, 0
-    for batch in itertools.islice(loader, max_batches) if max_batches else loader:
-        batch = accel.batch(batch)
-        with accel.evaluation():
-            out = spec.eval_forward(model, batch["x"]) if spec.eval_forward else model(batch["x"])
+    for batch, out in _eval_outputs(model, spec, batches, accel, move_targets=True):
         n = len(batch["x"])
-        total, seen = total + loss_fn(out.float(), batch).item() * n, seen + n
+        total, seen = total + loss_fn(out, batch).item() * n, seen + n
     return total / max(seen, 1)
 
 
