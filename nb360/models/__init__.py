@@ -1,11 +1,12 @@
 """Models: the registry (:func:`create_model`) and the baselines. Importing this package registers every
 built-in model: ``wrn`` (the benchmark's baseline for any task), ``wrn_point``, ``wrn_dense``, ``resnet1d``,
-``trivial``, ``darts_eval`` (a searched DARTS cell network), ``densenas_net`` (a DenseNAS architecture) and
-``perceiver_io``."""
+``trivial``, ``darts_eval`` (a searched DARTS cell network), ``densenas_net`` (a DenseNAS architecture),
+``perceiver_io`` and the expert networks ``expert_*`` (:mod:`nb360.models.experts`)."""
 
 from nb360.models import (
     darts_eval,  # noqa: F401 (registers "darts_eval")
     densenas_net,  # noqa: F401 (registers "densenas_net")
+    experts,  # noqa: F401 (registers the "expert_*" networks)
     perceiver,  # noqa: F401 (registers "perceiver_io")
 )
 from nb360.models.registry import create_model, list_models, output_shape, register_model
