@@ -63,14 +63,21 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    # "sgd" (with momentum and nesterov above) or "adamw" (Perceiver IO; decoupled weight decay).
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    # "sgd" (with momentum and nesterov above), "adamw" (Perceiver IO; decoupled weight decay), "adam" and
+    # "rmsprop" (L2 weight decay; RMSprop with Keras' rho 0.9 and epsilon 1e-7), "ranger" (RAdam with
+    # Lookahead, :class:`Ranger`).
+    optimizer: Literal["sgd", "adamw", "adam", "rmsprop", "ranger"] = "sgd"
     # "step": x gamma at the milestones (the WRN protocol); "cosine": cosine annealing to lr_min over the
-    # epochs (DARTS, DenseNAS); "constant": no schedule (Perceiver IO).
-    schedule: Literal["step", "cosine", "constant"] = "step"
+    # epochs (DARTS, DenseNAS); "constant": no schedule (Perceiver IO); "plateau": x gamma once the
+    # validation loss has not improved for ``patience`` epochs (needs keep_best_val_loss, which computes it).
+    schedule: Literal["step", "cosine", "constant", "plateau"] = "step"
     milestones: tuple[float, ...] = (0.3, 0.6, 0.8)  # fractions of the epochs
     gamma: float = 0.2
     lr_min: float = 0.0
+    patience: int = 10
+    # A recipe's own loss instead of the task's (nb360.train.losses.LOSS_OVERRIDES), with its parameters.
+    loss: str | None = None
+    loss_params: tuple[tuple[str, float], ...] = ()
     # The schedule advances after every weight step instead of every epoch (cosine over epochs x steps:
     # NB201's per-iteration cosine, nb201.md 6.2); cosine only.
     per_step_schedule: bool = False
@@ -352,7 +359,7 @@ def evaluate(
 
 def make_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int = 1
-) -> torch.optim.lr_scheduler.LRScheduler:
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
     """The learning-rate schedule of ``cfg``: stepped per epoch, or with ``cfg.per_step_schedule`` per weight
     step (``steps_per_epoch`` steps an epoch)."""
     if cfg.per_step_schedule and cfg.schedule != "cosine":
@@ -362,20 +369,66 @@ def make_scheduler(
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=cfg.lr_min)
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=cfg.gamma, patience=cfg.patience, min_lr=cfg.lr_min
+        )
     if cfg.schedule != "step":
-        raise ValueError(f"schedule must be 'step', 'cosine' or 'constant', not {cfg.schedule!r}")
+        raise ValueError(f"schedule must be 'step', 'cosine', 'constant' or 'plateau', not {cfg.schedule!r}")
     milestones = sorted(
         {max(1, math.ceil(f * cfg.epochs)) for f in cfg.milestones if f * cfg.epochs < cfg.epochs}
     )
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.gamma)
 
 
+class Ranger(torch.optim.RAdam):
+    """RAdam with Lookahead (the "Ranger" of the NinaPro expert; defaults of pytorch-ranger: betas (0.95,
+    0.999), epsilon 1e-5, every k = 6 steps the slow weights move alpha = 0.5 of the way to the fast ones and
+    the fast weights restart from them). The slow weights live in the optimiser's state, so a checkpoint
+    resumes them."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.95, 0.999),
+        eps: float = 1e-5,
+        k: int = 6,
+        alpha: float = 0.5,
+    ):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.k, self.alpha = k, alpha
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        live = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        first = {p: p.detach().clone() for p in live if "slow" not in self.state[p]}
+        loss = super().step(closure)
+        for p in live:
+            state = self.state[p]
+            if p in first:
+                state["slow"] = first[p]
+            if int(state["step"]) % self.k == 0:
+                state["slow"].add_(p - state["slow"], alpha=self.alpha)
+                p.copy_(state["slow"])
+        return loss
+
+
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     """The weight optimiser of ``cfg``."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=0.9, eps=1e-7, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "ranger":
+        return Ranger(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer != "sgd":
-        raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {cfg.optimizer!r}")
+        raise ValueError(
+            f"optimizer must be 'sgd', 'adamw', 'adam', 'rmsprop' or 'ranger', not {cfg.optimizer!r}"
+        )
     return torch.optim.SGD(
         params,
         lr=cfg.lr,
@@ -445,10 +498,12 @@ def fit(
         if phase != "retrain":
             raise ValueError("keep_best_val_loss selects a retrain's epoch; the search phase selects on val")
         fit_splits, select_splits = phase_splits(spec, "search")
+    elif cfg.schedule == "plateau":
+        raise ValueError("the plateau schedule follows the validation loss: set keep_best_val_loss")
     normaliser = manifest.get("normaliser", {})
     accel = _Accelerator(resolve_device(device), spec.dim, amp)
     model = accel.model(model)
-    loss_fn = make_loss(spec, normaliser, fit_splits)
+    loss_fn = make_loss(spec, normaliser, fit_splits, cfg.loss, dict(cfg.loss_params))
     loader = make_loader(
         manifest,
         fit_splits,
@@ -532,7 +587,7 @@ def fit(
             if time.perf_counter() - t_log > 30:
                 t_log = time.perf_counter()
                 log.info("  epoch %d: %d/%d batches, loss %.4g", epoch + 1, step + 1, steps, total / seen)
-        if not cfg.per_step_schedule:
+        if not cfg.per_step_schedule and cfg.schedule != "plateau":
             scheduler.step()
         seconds = time.perf_counter() - t0
         record: dict[str, Any] = {
@@ -557,6 +612,8 @@ def fit(
                 accel,
                 cfg.max_eval_batches,
             )
+            if cfg.schedule == "plateau":
+                scheduler.step(record["val_loss"])
             if best is None or record["val_loss"] < best["loss"]:
                 state_now = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 best = {"epoch": epoch + 1, "loss": record["val_loss"], "model": state_now}
