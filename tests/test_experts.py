@@ -67,8 +67,8 @@ def test_fno_spectral_convolution_keeps_only_the_low_modes():
     torch.manual_seed(0)
     layer = SpectralConv2d(1, 1, modes=4)
     with torch.no_grad():
-        layer.weight.zero_()
-        layer.weight[:, 0, 0] = 1.0  # identity on the kept modes
+        for w in (layer.weight_pos, layer.weight_neg):
+            w.fill_(1.0)  # identity on the kept modes
     i, j = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
     low = torch.cos(2 * torch.pi * (2 * i + 3 * j) / 32)[None, None]
     high = torch.cos(2 * torch.pi * 9 * j / 32)[None, None]
@@ -80,7 +80,7 @@ def test_fno_spectral_convolution_keeps_only_the_low_modes():
 def test_fno_paper_size_runs_at_full_resolution():
     model = create_model("expert_fno", get_task("darcy"))
     assert model(torch.randn(1, 3, 85, 85)).shape == (1, 1, 85, 85)
-    assert len(model.spectral) == 4 and model.spectral[0].weight.shape == (2, 32, 32, 12, 12)
+    assert len(model.spectral) == 4 and model.spectral[0].weight_pos.shape == (32, 32, 12, 12)
 
 
 def test_resnet1d_ecg_strides_every_sixth_block_and_doubles_filters_every_twelfth():

@@ -41,6 +41,7 @@ def test_every_paper_method_is_registered_in_table_order():
         "wrn",
         "xgboost",
         "perceiver_io",
+        "expert",
         "wrn_asha",
         "random_search",
         "densenas",

@@ -81,6 +81,13 @@ METHODS: tuple[MethodInfo, ...] = (
         family="non_nas",
     ),
     MethodInfo(
+        "expert",
+        "nb360.methods.expert",
+        "Expert",
+        "each task's hand-designed model and training recipe (DenseNet-BC, FNO, PDNet, deepCR, ...)",
+        family="non_nas",
+    ),
+    MethodInfo(
         "wrn_asha",
         "nb360.methods.wrn_asha",
         "WRN-ASHA",

@@ -28,8 +28,11 @@ class SpectralConv2d(nn.Module):
         super().__init__()
         self.modes = modes
         scale = 1.0 / (in_channels * out_channels)
-        shape = (2, in_channels, out_channels, modes, modes)
-        self.weight = nn.Parameter(scale * torch.rand(*shape, dtype=torch.cfloat))
+        shape = (in_channels, out_channels, modes, modes)
+        # Two 4-D weights (non-negative and negative frequencies of the first axis), as the original's
+        # weights1 and weights2: 4-D parameters also take the 2D models' channels-last memory format.
+        self.weight_pos = nn.Parameter(scale * torch.rand(*shape, dtype=torch.cfloat))
+        self.weight_neg = nn.Parameter(scale * torch.rand(*shape, dtype=torch.cfloat))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -39,9 +42,9 @@ class SpectralConv2d(nn.Module):
                 f"{m} Fourier modes need a field of at least {2 * m} x {2 * (m - 1)}, got {h} x {w}"
             )
         coeffs = torch.fft.rfft2(x.float())
-        out = coeffs.new_zeros(b, self.weight.shape[2], h, w // 2 + 1)
-        out[:, :, :m, :m] = torch.einsum("bixy,ioxy->boxy", coeffs[:, :, :m, :m], self.weight[0])
-        out[:, :, -m:, :m] = torch.einsum("bixy,ioxy->boxy", coeffs[:, :, -m:, :m], self.weight[1])
+        out = coeffs.new_zeros(b, self.weight_pos.shape[1], h, w // 2 + 1)
+        out[:, :, :m, :m] = torch.einsum("bixy,ioxy->boxy", coeffs[:, :, :m, :m], self.weight_pos)
+        out[:, :, -m:, :m] = torch.einsum("bixy,ioxy->boxy", coeffs[:, :, -m:, :m], self.weight_neg)
         return torch.fft.irfft2(out, s=(h, w)).to(x.dtype)
 
 
