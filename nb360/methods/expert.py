@@ -138,8 +138,8 @@ class Cutout(FitHook):
 def recipe_for(task: str) -> Recipe:
     if task in MISSING:
         raise NotImplementedError(
-            f"the expert of {task}, {MISSING[task]}, is not implemented yet (issue 14); "
-            "leave 'expert' out of methods for this task"
+            f"the expert of {task}, {MISSING[task]}, is not implemented yet (issue 14); run 'expert' on "
+            f"the tasks that have one ({', '.join(RECIPES)}) or leave it out of methods"
         )
     return RECIPES[task]
 
