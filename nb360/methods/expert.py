@@ -20,7 +20,6 @@ import torch
 from nb360.methods.base import Method, RunContext, register_method
 from nb360.methods.budgets import Budget, check_budget, smoke_validation
 from nb360.models import create_model
-from nb360.tasks import get_task
 from nb360.train import RunResult, TrainConfig, fit, seed_everything
 from nb360.train.loop import FitHook
 
@@ -177,9 +176,7 @@ def retrain(ctx: RunContext) -> RunResult:
     recipe = recipe_for(task)
     smoke = check_budget(ctx.budget) == "smoke"
     seed_everything(ctx.seed)
-    model = create_model(
-        recipe.model, get_task(task), **(SMOKE_MODEL[task] if smoke else recipe.model_kwargs)
-    )
+    model = create_model(recipe.model, ctx.task, **(SMOKE_MODEL[task] if smoke else recipe.model_kwargs))
     hooks = [Cutout(recipe.cutout, ctx.seed)] if recipe.cutout else []
     return fit(
         model,
