@@ -34,14 +34,13 @@ def test_recipes_of_the_expert_scripts():
     ninapro = expert.train_config("ninapro", "paper")
     assert ninapro.loss == "focal" and dict(ninapro.loss_params) == {"gamma": 3.0, "alpha": 6.0}
     assert expert.train_config("psicov", "paper").loss == "log_cosh"
-    assert set(expert.RECIPES) | set(expert.MISSING) == set(list_tasks())
+    assert set(expert.RECIPES) == set(expert.SMOKE) == set(expert.SMOKE_MODEL) == set(list_tasks())
 
 
-@pytest.mark.parametrize("task", sorted(expert.MISSING))
-def test_tasks_without_their_expert_yet_say_so(task, tmp_path):
-    ctx = RunContext(get_task(task), tmp_path / "manifest.json", 0, "smoke", "cpu", tmp_path)
-    with pytest.raises(NotImplementedError, match="not implemented yet"):
-        get_method("expert").retrain(ctx)
+def test_a_task_without_an_expert_recipe_says_where_to_add_it(monkeypatch):
+    monkeypatch.delitem(expert.RECIPES, "ecg")
+    with pytest.raises(KeyError, match=r"no expert recipe.*add its model and training to RECIPES"):
+        expert.train_config("ecg", "smoke")
 
 
 def test_cutout_zeroes_one_square_per_image_the_same_way_every_time():
@@ -70,3 +69,24 @@ def test_expert_learns_ninapro_beyond_trivial(embedded, tmp_path):
     trivial = get_method("trivial").retrain(ctx)
     assert result.metrics["error_pct"] < 0.9 * trivial.metrics["error_pct"]
     assert result.selected_epoch is not None
+
+
+def test_rocket_expert_chooses_its_learning_rate_by_one_step_and_learns_satellite(embedded, tmp_path):
+    from nb360.data.shards import read_manifest
+    from nb360.models import create_model
+
+    manifest = read_manifest(embedded.build("satellite")[1])
+    spec = get_task("satellite")
+    torch.manual_seed(0)
+    model = create_model("expert_rocket", spec, num_kernels=200)
+    model.set_normalisation(expert.first_samples(manifest, ("train",), 512))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = expert.train_config("satellite", "smoke")
+    assert expert.choose_lr(model, manifest, cfg, (1e-6, 1e-2), 0, "cpu") == 1e-2
+    assert expert.choose_lr(model, manifest, cfg, (1e-6, 1e3), 0, "cpu") == 1e-6  # 1e3 overshoots
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # trials on copies
+
+    ctx = RunContext(spec, embedded.build("satellite")[1], 0, "smoke", "cpu", tmp_path)
+    result = get_method("expert").retrain(ctx)
+    trivial = get_method("trivial").retrain(ctx)
+    assert result.metrics["error_pct"] < 0.9 * trivial.metrics["error_pct"]

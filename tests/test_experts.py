@@ -13,12 +13,14 @@ from nb360.tasks import get_task
 # (model, task, keyword arguments that shrink it for the test, or {} for the original's size)
 EXPERTS = [
     ("expert_densenet_bc", "cifar100", {"depth": 40, "growth": 12}),
+    ("expert_s2cnn", "spherical", {"features": (4, 6, 8), "degrees": (4, 3, 2), "mlp": (16,)}),
     ("expert_attention_mlp", "ninapro", {}),
     ("expert_vgglike", "fsd50k", {}),
     ("expert_fno", "darcy", {"width": 8}),
     ("expert_pdnet", "psicov", {}),
     ("expert_deepcr_unet", "cosmic", {"hidden": 8}),
     ("expert_resnet1d_ecg", "ecg", {"base_filters": 32, "groups": 8, "blocks": 14}),
+    ("expert_rocket", "satellite", {"num_kernels": 50}),
     ("expert_deepsea", "deepsea", {"width": 0.1}),
 ]
 
@@ -99,3 +101,69 @@ def test_deepsea_cnn_layer_sizes():
     assert [c.out_channels for c in convs] == [320, 480, 960] and all(c.kernel_size == (8,) for c in convs)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(960 * 62, 925), (925, 36)]
+
+
+def test_rocket_features_are_sktimes_transform_cached_by_series():
+    from sktime.transformations.panel.rocket import Rocket
+
+    model = create_model("expert_rocket", get_task("satellite"), num_kernels=20, seed=5, cache_size=6)
+    x = torch.randn(4, 1, 46)
+    reference = Rocket(num_kernels=20, random_state=5).fit(x.numpy()).transform(x.numpy())
+    torch.testing.assert_close(model.features(x), torch.tensor(reference.to_numpy(), dtype=torch.float32))
+    calls = []
+    transform = model.transform.transform
+    model.transform.transform = lambda series: calls.append(len(series)) or transform(series)
+    y = torch.cat([x[2:], torch.randn(3, 1, 46)])  # two seen series, three new
+    again = model.features(y)
+    assert calls == [3]
+    torch.testing.assert_close(again[:2], model.features(x)[2:])
+    assert len(model._cache) == 6  # least recently used series dropped beyond cache_size
+    assert calls == [3, 1]  # of x only x[0], the least recently used, was dropped
+
+
+def test_rocket_kernels_follow_the_seed_and_normalisation_is_state():
+    spec = get_task("satellite")
+    x = torch.randn(16, 1, 46)
+    torch.manual_seed(1)
+    a = create_model("expert_rocket", spec, num_kernels=30)
+    torch.manual_seed(1)
+    b = create_model("expert_rocket", spec, num_kernels=30)
+    c = create_model("expert_rocket", spec, num_kernels=30)
+    assert torch.equal(a.features(x), b.features(x)) and not torch.equal(a.features(x), c.features(x))
+    a.set_normalisation(x)
+    f = (a.features(x) - a.mean) / a.std
+    varying = a.std > 1e-4
+    torch.testing.assert_close(f.mean(0), torch.zeros(60), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        f.std(0, unbiased=False)[varying], torch.ones(int(varying.sum())), atol=1e-3, rtol=0
+    )
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b(x), a(x))
+
+
+def test_so3_grid_is_e3nns_built_from_per_axis_rotations():
+    from e3nn.o3 import SO3Grid as E3nnGrid
+
+    from nb360.models.experts.s2cnn import SO3Grid, so3_dim
+
+    ours, theirs = SO3Grid(3, 4), E3nnGrid(3, 4)
+    torch.testing.assert_close(ours.D, theirs.D, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours.qw, theirs.qw, atol=1e-9, rtol=1e-5)
+    coeffs = torch.randn(2, so3_dim(3))
+    torch.testing.assert_close(ours.from_grid(ours.to_grid(coeffs)), coeffs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.to_grid(coeffs), theirs.to_grid(coeffs), atol=1e-4, rtol=0)
+
+
+def test_s2cnn_is_invariant_to_rotating_the_sphere_about_its_axis():
+    torch.manual_seed(0)
+    spec = get_task("spherical")
+    model = create_model("expert_s2cnn", spec, features=(4, 6, 8), degrees=(4, 3, 2), mlp=(16,)).eval()
+    x = torch.randn(2, *spec.input_shape)
+    # a quarter turn about the polar axis: alpha (the columns) shifted by 15 of 60, which is also a whole
+    # number of steps of every SO(3) grid (4r alpha values): every layer is then exactly equivariant
+    turned = torch.roll(x, 15, dims=-1)
+    with torch.no_grad():
+        out, out_turned = model(x), model(turned)
+        shifted_rows = model(torch.roll(x, 15, dims=-2))  # not a rotation of the sphere
+    torch.testing.assert_close(out_turned, out, atol=1e-6, rtol=0)
+    assert (shifted_rows - out).abs().max() > 1e-4  # (3e-8 against 5e-4 when written)

@@ -14,5 +14,7 @@ from nb360.models.experts import (  # noqa: F401 (each module registers its mode
     fno,
     pdnet,
     resnet1d_ecg,
+    rocket,
+    s2cnn,
     vgglike,
 )
