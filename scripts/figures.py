@@ -1,5 +1,5 @@
-"""Rule figures: performance profiles, learning curves, parameter counts and the paper's comparison figures
-(PNG and PDF)."""
+"""Rule figures: performance profiles, learning curves, parameter counts (figure and table) and the paper's
+comparison figures (PNG and PDF)."""
 
 from pathlib import Path
 
@@ -7,7 +7,12 @@ import _repo_path  # noqa: F401 (nb360 importable in conda environments)
 
 from nb360.logs import log_to
 from nb360.report.comparison import comparison_profiles, size_vs_performance
-from nb360.report.figures import learning_curves, parameter_counts, performance_profiles
+from nb360.report.figures import (
+    learning_curves,
+    parameter_counts,
+    performance_profiles,
+    write_parameter_table,
+)
 from nb360.report.tables import load_paper_results, read_scores
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
@@ -16,5 +21,6 @@ with log_to(smk.log[0]):
     performance_profiles(scores, Path(smk.output.profiles).with_suffix(""))
     learning_curves(smk.input.histories, Path(smk.output.curves).with_suffix(""))
     parameter_counts(smk.input.histories, Path(smk.output.params).with_suffix(""))
+    write_parameter_table(smk.input.histories, Path(smk.output.params_table).with_suffix(""))
     comparison_profiles(scores, load_paper_results(), Path(smk.output.profiles_all).parent)
     size_vs_performance(smk.input.histories, Path(smk.output.size).with_suffix(""))

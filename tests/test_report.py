@@ -25,7 +25,7 @@ from nb360.report import (
     summarise,
     write_tables,
 )
-from nb360.report.figures import RELATIVE_EPS, profile_curve
+from nb360.report.figures import RELATIVE_EPS, parameter_table, profile_curve, write_parameter_table
 from nb360.report.tables import SCORE_COLUMNS, atomic_output, tasks_required, vs_trivial
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,6 +352,25 @@ def test_figures_written_and_deterministic(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{e}" for n in runs for e in ("png", "pdf"))
 
 
+def test_parameter_table_has_the_median_per_method_and_task(tmp_path):
+    histories = fake_histories(tmp_path / "histories")
+    table = parameter_table(histories)
+    assert list(table.index) == ["trivial", "wrn", "gaea"]  # the registry's order
+    assert table.loc["wrn"].eq(2_772_020).all() and table.loc["trivial"].eq(0).all()
+    assert table.loc["gaea"].eq(3_025_000).all()  # seeds 0 and 1: 3,000,000 and 3,050,000
+    csv, md = write_parameter_table(histories, tmp_path / "parameter_counts")
+    assert pd.read_csv(csv).set_index("method").loc["wrn"].eq(2_772_020).all()
+    text = md.read_text()
+    assert "| WRN | 2,772,020 |" in text and "| Trivial | 0 |" in text
+    more = [*histories, tmp_path / "extra.json"]
+    extra = dict(task="ecg", method="expert", seed=0, params=123, epochs=[], test={"one_minus_f1": 0.5})
+    more[-1].write_text(json.dumps(extra))
+    table = parameter_table(more)
+    assert table.loc["expert", "ecg"] == 123 and table.loc["expert"].isna().sum() == len(table.columns) - 1
+    write_parameter_table(more, tmp_path / "parameter_counts")
+    assert "–" in md.read_text()  # the expert ran on one task only
+
+
 def test_read_history_names_missing_key(tmp_path):
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"task": "ecg", "method": "wrn", "seed": 0, "epochs": [], "test": {}}))
@@ -387,6 +406,7 @@ class _FakeSnakemake:
         "performance_profiles.rst",
         "learning_curves.rst",
         "parameter_counts.rst",
+        "parameter_counts_table.rst",
     ],
 )
 def test_captions_render(name, source):
@@ -445,3 +465,10 @@ def test_vs_trivial_counts_tasks_beaten_by_ten_percent_on_every_metric():
 
 def test_tasks_required_is_all_but_one_in_ten():
     assert [tasks_required(n) for n in (1, 4, 9, 10, 20)] == [1, 4, 9, 9, 18]
+
+
+def test_method_order_lists_each_method_once_registered_before_published_only():
+    from nb360.report.tables import method_order
+
+    # expert is both a registered method and one of the paper's rows: one entry, in the registry's place
+    assert method_order(["amber", "expert", "zzz", "wrn", "expert"]) == ["wrn", "expert", "amber", "zzz"]

@@ -248,7 +248,7 @@ def test_default_dag_on_three_tasks_writes_scores_tables_figures_and_report(tmp_
     assert np.isfinite(scores.value).all() and (scores.data_source == "embedded").all()
     best = scores.pivot_table(index="task", columns="method", values="value")
     assert (best["wrn"] < best["trivial"]).all(), best
-    for name in ("paper_table.csv", "paper_table.md", "paper_table.tex"):
+    for name in ("paper_table.csv", "paper_table.md", "paper_table.tex", "parameter_counts.md"):
         assert (wd / "results/tables" / name).stat().st_size > 0
     comparison = [f"profiles_{w}" for w in ("all", "2d", "constrained", "nas_vs_nonnas")]
     for name in (

@@ -37,6 +37,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from nb360.report.tables import (
     atomic_output,
+    md_cell,
     method_order,
     method_title,
     metric_format,
@@ -45,6 +46,7 @@ from nb360.report.tables import (
     task_order,
     task_title,
     validate_scores,
+    write_text_atomic,
 )
 
 DPI = 200  # PNG resolution; PDFs are vector
@@ -359,6 +361,37 @@ def learning_curves(
         return save_figure(fig, out_stem)
 
 
+def parameter_table(histories: Iterable[Mapping[str, Any] | str | os.PathLike]) -> pd.DataFrame:
+    """Trainable parameters of the trained networks: the median over seeds, one row per method (in method
+    order) and one column per task (in task order); missing where a method did not run on a task."""
+    runs = load_histories(histories)
+    df = pd.DataFrame([{"task": h["task"], "method": h["method"], "params": int(h["params"])} for h in runs])
+    table = df.groupby(["method", "task"])["params"].median().unstack("task")
+    return table.reindex(index=method_order(df["method"]), columns=task_order(df["task"]))
+
+
+def write_parameter_table(
+    histories: Iterable[Mapping[str, Any] | str | os.PathLike], out_stem: str | os.PathLike
+) -> list[Path]:
+    """The parameter table as ``<out_stem>.csv`` (integers, empty where not run) and ``<out_stem>.md``."""
+    table = parameter_table(histories)
+    stem = Path(out_stem)
+    csv = table.astype("Int64").rename_axis(index="method", columns=None).reset_index()
+    paths = [stem.with_suffix(".csv"), stem.with_suffix(".md")]
+    write_text_atomic(paths[0], csv.to_csv(index=False, lineterminator="\n"))
+    lines = [
+        "**Table.** Trainable parameters of each method's network per task (median over seeds; – not run).",
+        "",
+        "| Method | " + " | ".join(md_cell(task_title(t)) for t in table.columns) + " |",
+        "| :--- | " + " | ".join(["---:"] * len(table.columns)) + " |",
+    ]
+    for method, row in table.iterrows():
+        cells = ["–" if pd.isna(v) else f"{int(v):,}" for v in row]
+        lines.append(f"| {md_cell(method_title(method))} | " + " | ".join(cells) + " |")
+    write_text_atomic(paths[1], "\n".join(lines) + "\n")
+    return paths
+
+
 def parameter_counts(
     histories: Iterable[Mapping[str, Any] | str | os.PathLike], out_stem: str | os.PathLike
 ) -> list[Path]:
@@ -410,9 +443,11 @@ __all__ = [
     "load_histories",
     "method_colours",
     "parameter_counts",
+    "parameter_table",
     "performance_profiles",
     "profile_curve",
     "profile_ratios",
     "read_history",
     "save_figure",
+    "write_parameter_table",
 ]

@@ -46,7 +46,6 @@ DATA_SOURCE_CAPTIONS = {
 PUBLISHED_ONLY_TITLES = {
     "amber": "AMBER",
     "autodeeplab": "Auto-DeepLab",
-    "expert": "Expert",
 }
 
 # Extra columns shown after a task's primary metric when the scores carry them: Cosmic's FNR is what the
@@ -95,7 +94,7 @@ def method_order(methods: Iterable[str]) -> list[str]:
     """``methods`` in the registry's order (trivial, WRN, the NAS methods), then the published-only rows, then
     the rest alphabetically, so the order never depends on a file's row order."""
     methods = set(methods)
-    known = [m for m in (*list_methods(), *PUBLISHED_ONLY_TITLES) if m in methods]
+    known = [m for m in dict.fromkeys((*list_methods(), *PUBLISHED_ONLY_TITLES)) if m in methods]
     return known + sorted(methods - set(known))
 
 

@@ -75,6 +75,12 @@ rule figures:
             caption="../report/parameter_counts.rst",
             category="Figures",
         ),
+        params_table=report(
+            "results/tables/parameter_counts.md",
+            caption="../report/parameter_counts_table.rst",
+            category="Tables",
+        ),
+        params_csv="results/tables/parameter_counts.csv",
         profiles_all=report(
             "results/figures/profiles_all.png",
             caption="../report/profiles_all.rst",
