@@ -13,7 +13,7 @@ snakemake = $(BIN)/snakemake $(1) --workflow-profile workflow/profiles/default -
 	$(if $(filter-out 0,$(GPUS)),--resources gpu=$(GPUS))
 
 .PHONY: setup setup-slurm run run-slurm data test test-unit lint format report bench-loader bench-train \
-	bench-supernet bench-dag bench-layout lock clean
+	bench-supernet bench-dag bench-layout bench-dash lock clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,9 @@ bench-supernet: setup  ## DARTS supernet search step: batched edges against the 
 
 bench-layout: setup  ## CPU training step of the smoke networks: NCHW against channels-last
 	$(BIN)/python benchmarks/cpu_layout.py
+
+bench-dash: setup  ## DASH's search, selection and retraining against the WRN's training, per task
+	$(BIN)/python benchmarks/dash_cost.py $(BENCH_DASH_ARGS)
 
 bench-dag: setup  ## snakemake -n of the full paper grid against a bare Snakemake DAG of the same shape
 	$(BIN)/python benchmarks/dag_overhead.py

@@ -49,6 +49,7 @@ def test_every_paper_method_is_registered_in_table_order():
         "gaea",
         "darts",
         "darts2",
+        "dash",  # after the paper's rows
     ]
 
 

@@ -141,6 +141,14 @@ METHODS: tuple[MethodInfo, ...] = (
         "DARTS with the unrolled second-order gradient",
         searches=True,
     ),
+    # Not in the paper (designed on NAS-Bench-360 after it): after the paper's rows.
+    MethodInfo(
+        "dash",
+        "nb360.methods.dash",
+        "DASH",
+        "kernel size and dilation of every WRN / 1D ResNet convolution by one mixture kernel, then tuned",
+        searches=True,
+    ),
 )
 
 

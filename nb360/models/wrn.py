@@ -23,6 +23,7 @@ original: convolutions Kaiming-normal (fan_out), batch norm weight 1 and bias 0,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -46,13 +47,22 @@ class PreActBlock(nn.Module):
     *pre-activated* input, as in the original WRN code; otherwise it is the identity on the raw input.
     """
 
-    def __init__(self, dim: int, in_channels: int, out_channels: int, stride: int, dropout: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        dropout: float,
+        kernels: tuple[tuple[int, int], tuple[int, int]] = ((3, 1), (3, 1)),
+    ) -> None:
         super().__init__()
+        (k1, d1), (k2, d2) = kernels
         self.bn1 = batch_norm(dim, in_channels)
-        self.conv1 = conv(dim, in_channels, out_channels, 3, stride=stride)
+        self.conv1 = conv(dim, in_channels, out_channels, k1, stride=stride, dilation=d1)
         self.bn2 = batch_norm(dim, out_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = conv(dim, out_channels, out_channels, 3)
+        self.conv2 = conv(dim, out_channels, out_channels, k2, dilation=d2)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = (
             conv(dim, in_channels, out_channels, 1, stride=stride) if in_channels != out_channels else None
@@ -68,7 +78,8 @@ class WideResNet(nn.Module):
     """WRN-``depth``-``widen`` on ``(B, in_channels, *spatial)``.
 
     ``dense=False``: ``(B, num_outputs)`` logits; ``dense=True``: ``(B, num_outputs, *spatial)``, same
-    spatial size as the input.
+    spatial size as the input. ``convs``: the (kernel size, dilation) of each of the stem and block
+    convolutions, in :meth:`searched_convs` order (DASH's searched networks; default 3 x 3, dilation 1).
     """
 
     def __init__(
@@ -81,6 +92,7 @@ class WideResNet(nn.Module):
         dropout: float = 0.0,
         dense: bool = False,
         dim: int = 2,
+        convs: Sequence[tuple[int, int]] | None = None,
     ) -> None:
         super().__init__()
         check_dim(dim)
@@ -91,16 +103,26 @@ class WideResNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         blocks_per_group = (depth - 4) // 6
+        n_convs = 1 + 6 * blocks_per_group
+        convs = [(3, 1)] * n_convs if convs is None else [(int(k), int(d)) for k, d in convs]
+        if len(convs) != n_convs:
+            raise ValueError(
+                f"WRN-{depth} has {n_convs} searchable convolutions, got {len(convs)} (kernel, dilation)"
+            )
+        if any(k % 2 == 0 or k < 1 or d < 1 for k, d in convs):
+            raise ValueError(f"kernels must be odd and dilations positive, got {convs}")
         widths = (16 * widen, 32 * widen, 64 * widen)
         strides = (1, 1, 1) if dense else (1, 2, 2)
         self.dense = dense
-        self.stem = conv(dim, in_channels, 16, 3)
+        self.stem = conv(dim, in_channels, 16, convs[0][0], dilation=convs[0][1])
         groups: list[nn.Module] = []
         channels = 16
+        pairs = iter(convs[1:])
         for width, stride in zip(widths, strides, strict=True):
             blocks = []
             for i in range(blocks_per_group):
-                blocks.append(PreActBlock(dim, channels, width, stride if i == 0 else 1, dropout))
+                kernels = (next(pairs), next(pairs))
+                blocks.append(PreActBlock(dim, channels, width, stride if i == 0 else 1, dropout, kernels))
                 channels = width
             groups.append(nn.Sequential(*blocks))
         self.groups = nn.Sequential(*groups)
@@ -113,6 +135,15 @@ class WideResNet(nn.Module):
             self.head = nn.Linear(channels, num_outputs)
         init_kaiming_fan_out(nn.ModuleList([self.stem, self.groups, self.norm]))
         nn.init.zeros_(self.head.bias)
+
+    def searched_convs(self) -> list[tuple[nn.Module, str]]:
+        """(parent module, attribute) of the stem and of every block's two convolutions, in order: the
+        convolutions DASH searches (shortcuts and the head are not)."""
+        slots: list[tuple[nn.Module, str]] = [(self, "stem")]
+        for group in self.groups:
+            for block in group:
+                slots += [(block, "conv1"), (block, "conv2")]
+        return slots
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.norm(self.groups(self.stem(x))))
@@ -128,7 +159,12 @@ def _check_2d(spec: TaskSpec, model: str) -> None:
 
 @register_model("wrn_point")
 def wrn_point(
-    spec: TaskSpec, *, depth: int = DEFAULT_DEPTH, widen: int = DEFAULT_WIDEN, dropout: float = 0.0
+    spec: TaskSpec,
+    *,
+    depth: int = DEFAULT_DEPTH,
+    widen: int = DEFAULT_WIDEN,
+    dropout: float = 0.0,
+    convs: Sequence[tuple[int, int]] | None = None,
 ) -> WideResNet:
     """WRN with downsampling and a pooled linear head, for 2D point tasks (single- or multi-label)."""
     _check_2d(spec, "wrn_point")
@@ -136,12 +172,19 @@ def wrn_point(
         raise ValueError(
             f"wrn_point predicts one vector per sample; task {spec.name!r} is dense (use 'wrn_dense')"
         )
-    return WideResNet(spec.input_shape[0], spec.num_outputs, depth=depth, widen=widen, dropout=dropout)
+    return WideResNet(
+        spec.input_shape[0], spec.num_outputs, depth=depth, widen=widen, dropout=dropout, convs=convs
+    )
 
 
 @register_model("wrn_dense")
 def wrn_dense(
-    spec: TaskSpec, *, depth: int = DEFAULT_DEPTH, widen: int = DEFAULT_WIDEN, dropout: float = 0.0
+    spec: TaskSpec,
+    *,
+    depth: int = DEFAULT_DEPTH,
+    widen: int = DEFAULT_WIDEN,
+    dropout: float = 0.0,
+    convs: Sequence[tuple[int, int]] | None = None,
 ) -> WideResNet:
     """WRN without downsampling and a per-pixel head, for 2D dense tasks."""
     _check_2d(spec, "wrn_dense")
@@ -150,7 +193,13 @@ def wrn_dense(
             f"wrn_dense predicts a field; task {spec.name!r} is {spec.output_kind} (use 'wrn_point')"
         )
     return WideResNet(
-        spec.input_shape[0], spec.num_outputs, depth=depth, widen=widen, dropout=dropout, dense=True
+        spec.input_shape[0],
+        spec.num_outputs,
+        depth=depth,
+        widen=widen,
+        dropout=dropout,
+        dense=True,
+        convs=convs,
     )
 
 
@@ -162,6 +211,7 @@ def wrn(
     widen: int | None = None,
     width: float | None = None,
     dropout: float | None = None,
+    convs: Sequence[tuple[int, int]] | None = None,
 ) -> WideResNet | ResNet1D:
     """The benchmark's "WRN" baseline for any task: the 1D ResNet for 1D tasks, else the dense or point WRN.
 
@@ -169,7 +219,8 @@ def wrn(
     paper's width that applies to both families (a compute budget's knob): for 2D tasks ``widen`` becomes
     ``round(4 * width)`` (at least 1), for 1D tasks the ResNet's channels 64/128/128 are multiplied by
     ``width``, and a ``widen`` given for a 1D task counts as ``width = widen / 4`` (``widen=1``: 16/32/32
-    channels), so one setting shrinks all ten baselines alike. The 1D ResNet has a fixed depth and no dropout
+    channels), so one setting shrinks all ten baselines alike. ``convs``: each searchable convolution's
+    (kernel size, dilation), as DASH chooses them. The 1D ResNet has a fixed depth and no dropout
     (the original 1D model ignored the dropout its tuning space sampled), so a ``depth`` or a nonzero
     ``dropout`` for a 1D task is an error rather than silently ignored.
     """
@@ -182,12 +233,13 @@ def wrn(
             )
         if width is None:
             width = (widen if widen is not None else DEFAULT_WIDEN) / DEFAULT_WIDEN
-        return resnet1d(spec, width=width)
+        return resnet1d(spec, width=width, convs=convs)
     if width is not None:
         if width <= 0:
             raise ValueError(f"width must be positive, got {width}")
         widen = max(1, round(DEFAULT_WIDEN * width))
-    kwargs = {k: v for k, v in {"depth": depth, "widen": widen, "dropout": dropout}.items() if v is not None}
+    settings = {"depth": depth, "widen": widen, "dropout": dropout, "convs": convs}
+    kwargs = {k: v for k, v in settings.items() if v is not None}
     if spec.output_kind == "dense":
         return wrn_dense(spec, **kwargs)
     return wrn_point(spec, **kwargs)

@@ -1,0 +1,294 @@
+"""DASH (Shen, Khodak, Talwalkar 2022; more-methods.md section 7): the kernel size and dilation of every
+convolution of a WRN (2D) or of the 1D ResNet, searched with one aggregated mixture kernel per layer
+(:mod:`nb360.search.dash_space`), then the hyper-parameters of the retraining network chosen on validation,
+then that network retrained.
+
+* ``search``: the search backbone (WRN-16-1, or the 1D ResNet) with every searched convolution a
+  :class:`~nb360.search.dash_space.MixedConv`; weights and architecture logits trained together on the
+  training loss (single level: :class:`SingleLevelArchStep` steps the logits after each weight step, with
+  their own SGD), on a fraction of the training batches per epoch; the argmax of each layer's logits is the
+  architecture, written to ``arch.json`` as (kernel, dilation) pairs.
+* ``retrain``: the hyper-parameter grid (learning rate x dropout x weight decay x momentum) on the retraining
+  network with the searched kernels, each configuration trained briefly from the same initialisation and
+  scored on validation (:func:`select_hyperparameters`), then the best one retrained on the task's retrain
+  split and reported on test once. Protocol over DASH's runs, which validated on the test set
+  (``valid_split 0``): validation chooses, test is reported once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from nb360 import metrics
+from nb360.data.loader import make_loader
+from nb360.data.shards import read_manifest
+from nb360.methods.base import Method, RunContext, SearchResult, register_method
+from nb360.methods.budgets import check_budget, smoke_validation
+from nb360.methods.wrn import PAPER_BATCH
+from nb360.methods.wrn import SMOKE as WRN_SMOKE
+from nb360.models import create_model
+from nb360.runs import read_arch
+from nb360.search.dash_space import SPACE_1D, SPACE_2D, SPACE_NINAPRO, MixedConv, to_supernet
+from nb360.tasks import TaskSpec
+from nb360.train import RunResult, TrainConfig, fit, seed_everything
+from nb360.train.loop import FitHook, FitState
+
+log = logging.getLogger(__name__)
+
+KIND = "dash_convs"
+# task_configs.py: the architecture gradient's normaliser (default 100) and the learning rates of weights and
+# architecture (0.1 / 0.05; 0.01 / 0.005 for the dense tasks, which keep full resolution).
+GRAD_SCALE = {"cifar100": 5000.0, "spherical": 500.0, "cosmic": 1000.0, "deepsea": 10.0}
+DENSE_LR = (0.01, 0.005)
+POINT_LR = (0.1, 0.05)
+# DASH's hyper-parameter grid (main.py), and the reduced one of PSICOV, Cosmic and FSD50K.
+HP_GRID = {
+    "lr": (0.1, 0.01, 0.001),
+    "dropout": (0.0, 0.05),
+    "weight_decay": (5e-4, 5e-6),
+    "momentum": (0.9, 0.99),
+}
+HP_GRID_SMALL = {"lr": (1e-2, 1e-3, 1e-4), "dropout": (0.0,), "weight_decay": (5e-5,), "momentum": (0.99,)}
+SMALL_GRID_TASKS = ("psicov", "cosmic", "fsd50k")
+
+
+@dataclass(frozen=True)
+class DashBudget:
+    search_epochs: int
+    search_fraction: float  # of the training batches per search epoch (DASH's quick_search)
+    hp_epochs: int
+    retrain_epochs: int
+    search_width: float  # the search backbone (1: WRN-16-1 / the 1D ResNet's DASH width)
+    retrain_width: float  # the retraining network (1: WRN-16-4 / the full 1D ResNet)
+    hp_grid: dict[str, tuple[float, ...]] | None = None  # None: DASH's grid for the task
+    batch_size: int | None = None  # None: DASH's per-task batch
+    max_batches: int | None = None  # smoke: caps every epoch
+
+
+PAPER = DashBudget(
+    search_epochs=100,
+    search_fraction=0.2,
+    hp_epochs=80,
+    retrain_epochs=200,
+    search_width=1.0,
+    retrain_width=1.0,
+)
+# Smoke: a few search epochs on the WRN smoke network's width, one learning rate per grid, the WRN's smoke
+# retraining.
+SMOKE = DashBudget(
+    search_epochs=2,
+    search_fraction=0.2,
+    hp_epochs=1,
+    retrain_epochs=0,  # 0: the WRN's smoke epochs for the task
+    search_width=1.0,
+    retrain_width=0.25,
+    hp_grid={"lr": (0.1, 0.01), "dropout": (0.0,), "weight_decay": (5e-4,), "momentum": (0.9,)},
+)
+DASH_BATCH = {"cifar100": 64, "spherical": 64, "darcy": 10, "psicov": 8, "ninapro": 128, "cosmic": 4,
+              "fsd50k": 128, "ecg": 1024, "satellite": 256, "deepsea": 256}  # fmt: skip
+
+
+def space_for(spec: TaskSpec) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(kernels, dilations) of DASH's space for ``spec``."""
+    if spec.dim == 1:
+        return SPACE_1D
+    return SPACE_NINAPRO if spec.name == "ninapro" else SPACE_2D
+
+
+def budget_for(task: str, budget: str) -> DashBudget:
+    return PAPER if check_budget(budget) == "paper" else SMOKE
+
+
+class DashSupernet(nn.Module):
+    """A backbone whose searched convolutions are mixtures; the loop trains ``weight_parameters`` and
+    :class:`SingleLevelArchStep` the logits."""
+
+    def __init__(self, backbone: nn.Module, spec: TaskSpec, grad_scale: float):
+        super().__init__()
+        kernels, dilations = space_for(spec)
+        self.backbone = backbone
+        self.mixed: list[MixedConv] = to_supernet(backbone, kernels, dilations, grad_scale=grad_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [m.alpha for m in self.mixed]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def derive(self) -> list[tuple[int, int]]:
+        return [m.chosen() for m in self.mixed]
+
+
+class SingleLevelArchStep(FitHook):
+    """DASH's architecture update: the logits' gradient of the same training batch (the loop's backward
+    computes it with the weights'; :meth:`MixedConv.arch_gradient` normalises it), stepped by SGD with
+    Nesterov momentum 0.9 and weight decay 5e-4 after each weight step, its learning rate decayed with the
+    weights' (x0.2 at the same milestones)."""
+
+    def __init__(self, lr: float):
+        self.lr = lr
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.weight_optimizer_lr = 1.0
+
+    def setup(self, state: FitState) -> None:
+        self.model = state.model
+        self.base_lr = state.cfg.lr
+        self.optimizer = torch.optim.SGD(
+            state.model.arch_parameters(), lr=self.lr, momentum=0.9, nesterov=True, weight_decay=5e-4
+        )
+
+    def before_step(self, epoch: int, step: int, batch: Any) -> None:
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def after_step(self, epoch: int, step: int, batch: Any, out: torch.Tensor, loss: torch.Tensor) -> None:
+        assert self.optimizer is not None
+        self.optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict() if self.optimizer is not None else {}}
+
+    def load_state_dict(self, state: Any) -> None:
+        if self.optimizer is not None and state.get("optimizer"):
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _lrs(spec: TaskSpec) -> tuple[float, float]:
+    return DENSE_LR if spec.output_kind == "dense" else POINT_LR
+
+
+def _batches(manifest: Any, spec: TaskSpec, batch_size: int) -> int:
+    """Training batches per epoch of the search's fit split."""
+    fit_splits = spec.splits.for_phase("search", "fit")
+    return len(make_loader(manifest, fit_splits, batch_size, train=True, fit_splits=fit_splits))
+
+
+def search(ctx: RunContext) -> SearchResult:
+    spec, b = ctx.task, budget_for(ctx.task.name, ctx.budget)
+    smoke = check_budget(ctx.budget) == "smoke"
+    seed_everything(ctx.seed)
+    backbone = create_model("wrn", spec, width=b.search_width * 0.25) if spec.dim == 2 else None
+    if spec.dim == 1:
+        # DASH's 1D search backbone: mid channels min(4^(classes // 10 + 1), 64) of the ResNet's 64
+        mid = min(4 ** (spec.num_outputs // 10 + 1), 64)
+        backbone = create_model("wrn", spec, width=b.search_width * mid / 64)
+    assert backbone is not None
+    model = DashSupernet(backbone, spec, GRAD_SCALE.get(spec.name, 100.0))
+    lr, arch_lr = _lrs(spec)
+    manifest = read_manifest(ctx.manifest)
+    batch = b.batch_size or DASH_BATCH[spec.name]
+    per_epoch = max(1, math.ceil(b.search_fraction * _batches(manifest, spec, batch)))
+    if b.max_batches:
+        per_epoch = min(per_epoch, b.max_batches)
+    milestones = (0.6,) if spec.dim == 2 else (0.3, 0.6, 0.9)  # DASH's epochs 60 (/120/160) or 30/60/90
+    cfg = TrainConfig(
+        epochs=b.search_epochs,
+        lr=lr,
+        batch_size=batch,
+        weight_decay=5e-4,
+        milestones=milestones,
+        grad_clip=1.0,
+        max_batches_per_epoch=per_epoch,
+        val_every=0,
+        **(smoke_validation(spec.name) if smoke else {}),
+    )
+    result = fit(
+        model, manifest, cfg, "search", ctx.seed, ctx.device, ctx.workdir / "supernet.pt",
+        hooks=[SingleLevelArchStep(arch_lr)],
+    )  # fmt: skip
+    convs = model.derive()
+    summary = " ".join(f"{k}/{d}" for k, d in convs)
+    log.info("%s DASH kernels/dilations: %s", spec.name, summary)
+    arch = {"convs": [list(c) for c in convs], "backbone": "wrn" if spec.dim == 2 else "resnet1d"}
+    return SearchResult(
+        KIND, arch, f"kernel/dilation {summary}", result.history, result.device, result.seconds
+    )
+
+
+def hp_grid(task: str, b: DashBudget) -> list[dict[str, float]]:
+    grid = b.hp_grid or (HP_GRID_SMALL if task in SMALL_GRID_TASKS else HP_GRID)
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def _network(spec: TaskSpec, convs: list[tuple[int, int]], width: float, dropout: float) -> nn.Module:
+    kwargs: dict[str, Any] = {"width": width, "convs": convs}
+    if spec.dim == 2:
+        kwargs["dropout"] = dropout  # the 1D ResNet has no dropout (as the benchmark's)
+    return create_model("wrn", spec, **kwargs)
+
+
+def select_hyperparameters(
+    ctx: RunContext, convs: list[tuple[int, int]], b: DashBudget, base: TrainConfig
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Each configuration of the grid trains the retraining network from the same initialisation for
+    ``b.hp_epochs`` epochs on a fraction of the batches and is scored on validation; grouped by learning
+    rate, the search stops after a group that did not improve the best score (DASH's main.py)."""
+    spec = ctx.task
+    smoke = check_budget(ctx.budget) == "smoke"
+    trials: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    for lr, group in itertools.groupby(hp_grid(spec.name, b), key=lambda hp: hp["lr"]):
+        improved = False
+        for hp in group:
+            seed_everything(ctx.seed)  # one initialisation for every configuration
+            model = _network(spec, convs, b.retrain_width, hp["dropout"])
+            cfg = replace(
+                base,
+                epochs=b.hp_epochs,
+                lr=lr,
+                momentum=hp["momentum"],
+                weight_decay=hp["weight_decay"],
+                val_every=b.hp_epochs,
+                **(smoke_validation(spec.name) if smoke else {}),
+            )
+            try:
+                result = fit(model, ctx.manifest, cfg, "search", ctx.seed, ctx.device)
+                value = result.metrics[metrics.PRIMARY_METRIC[spec.name]]
+            except FloatingPointError as e:  # a diverging configuration loses; the grid goes on
+                log.warning("DASH hyper-parameters %s diverged: %s", hp, e)
+                value = math.inf
+            trials.append({**hp, "value": value})
+            log.info("DASH hyper-parameters %s: validation %s", hp, value)
+            if best is None or value < best["value"]:
+                best, improved = {**hp, "value": value}, True
+        if not improved:
+            break
+    if best is None or not math.isfinite(best["value"]):
+        raise FloatingPointError(f"{spec.name}: every DASH hyper-parameter configuration diverged")
+    return {k: v for k, v in best.items() if k != "value"}, trials
+
+
+def retrain(ctx: RunContext) -> RunResult:
+    if ctx.arch is None:
+        raise ValueError(f"{ctx.task.name}: retraining a DASH network needs its arch.json")
+    spec, b = ctx.task, budget_for(ctx.task.name, ctx.budget)
+    convs = [(int(k), int(d)) for k, d in read_arch(ctx.arch, KIND)["arch"]["convs"]]
+    smoke = check_budget(ctx.budget) == "smoke"
+    w = WRN_SMOKE[spec.name]
+    base = TrainConfig(
+        epochs=w.epochs if smoke and not b.retrain_epochs else b.retrain_epochs,
+        lr=0.1,
+        batch_size=(w.batch_size if smoke else None) or PAPER_BATCH[spec.name],
+        max_batches_per_epoch=w.max_batches_per_epoch if smoke else None,
+    )
+    hp, trials = select_hyperparameters(ctx, convs, b, base)
+    log.info("%s DASH retraining with %s (%d configurations tried)", spec.name, hp, len(trials))
+    cfg = replace(base, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
+    seed_everything(ctx.seed)
+    model = _network(spec, convs, b.retrain_width, hp["dropout"])
+    return fit(model, ctx.manifest, cfg, "retrain", ctx.seed, ctx.device, ctx.workdir / "checkpoint.pt")
+
+
+register_method(Method("dash", retrain, search=search))

@@ -1,0 +1,54 @@
+"""The DASH method: its search writes the chosen (kernel, dilation) of every searched convolution, and its
+retraining builds exactly that network after choosing hyper-parameters on validation."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from nb360.methods import RunContext, dash, get_method
+from nb360.models import create_model
+from nb360.models.layers import CONV_TYPES
+from nb360.runs import read_arch, write_arch
+from nb360.tasks import get_task
+from nb360.train.loop import count_params
+
+
+def test_hyperparameter_grids_are_dashs():
+    assert len(dash.hp_grid("cifar100", dash.PAPER)) == 24
+    assert [hp["lr"] for hp in dash.hp_grid("cosmic", dash.PAPER)] == [1e-2, 1e-3, 1e-4]
+    assert dash.space_for(get_task("ninapro")) == ((3, 5, 7), (1, 3, 7))
+    assert dash.space_for(get_task("ecg"))[0] == (3, 7, 11, 15, 19)
+
+
+@pytest.mark.parametrize("task", ["satellite", "ninapro"])
+def test_search_writes_the_chosen_convolutions_and_retraining_builds_them(
+    task, embedded, tmp_path, monkeypatch
+):
+    tiny = replace(dash.SMOKE, search_epochs=1, max_batches=2, hp_grid={"lr": (0.1,), "dropout": (0.0,),
+                   "weight_decay": (5e-4,), "momentum": (0.9,)})  # fmt: skip
+    monkeypatch.setattr(dash, "SMOKE", tiny)
+    monkeypatch.setitem(
+        dash.WRN_SMOKE, task, replace(dash.WRN_SMOKE[task], epochs=1, max_batches_per_epoch=2)
+    )
+    spec = get_task(task)
+    manifest = embedded.build(task)[1]
+    ctx = RunContext(spec, manifest, 0, "smoke", "cpu", tmp_path)
+    found = get_method("dash").search(ctx)
+    convs = [tuple(c) for c in found.arch["convs"]]
+    kernels, dilations = dash.space_for(spec)
+    assert len(convs) == (13 if spec.dim == 2 else 9)
+    assert all(k in kernels and d in dilations for k, d in convs)
+    write_arch(found.kind, found.arch, found.summary, tmp_path / "arch.json", {})
+    assert [tuple(c) for c in read_arch(tmp_path / "arch.json", dash.KIND)["arch"]["convs"]] == convs
+    result = get_method("dash").retrain(
+        replace(ctx, arch=tmp_path / "arch.json", workdir=tmp_path / "retrain")
+    )
+    assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())
+    network = create_model("wrn", spec, width=tiny.retrain_width, convs=convs)
+    assert result.params == count_params(network)
+    layers = [
+        next(m for m in getattr(p, n).modules() if isinstance(m, CONV_TYPES))
+        for p, n in network.searched_convs()
+    ]
+    assert [(c.kernel_size[0], c.dilation[0]) for c in layers] == convs
