@@ -260,6 +260,21 @@ def test_same_padding_keeps_length_tf_style(kernel: int) -> None:
     assert torch.allclose(out, ref, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("length", "kernel", "stride"), [(11, 16, 2), (12, 16, 2), (10, 3, 3), (9, 2, 2), (7, 5, 4)]
+)
+def test_strided_same_padding_gives_ceil_length_over_stride_outputs(
+    length: int, kernel: int, stride: int
+) -> None:
+    left, right = layers.same_padding(kernel, stride=stride, length=length)
+    assert 0 <= right - left <= 1  # the extra element on the right
+    out = F.conv1d(torch.zeros(1, 1, length + left + right), torch.zeros(1, 1, kernel), stride=stride)
+    assert out.shape[-1] == -(-length // stride)
+    assert left + right == max(0, (-(-length // stride) - 1) * stride + kernel - length)  # TensorFlow's rule
+    with pytest.raises(ValueError, match="give length"):
+        layers.same_padding(kernel, stride=stride)
+
+
 def test_same_padding_in_2d_and_errors() -> None:
     layer = layers.conv(2, 1, 1, 4, padding="same")
     assert layer(torch.randn(1, 1, 7, 6)).shape == (1, 1, 7, 6)

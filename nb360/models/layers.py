@@ -28,10 +28,19 @@ def check_dim(dim: int) -> int:
     return dim
 
 
-def same_padding(kernel_size: int, dilation: int = 1) -> tuple[int, int]:
-    """(left, right) zero padding that keeps the length at stride 1, TensorFlow's "same": an even kernel
-    puts the extra element on the right, e.g. kernel 8 -> (3, 4)."""
-    total = dilation * (kernel_size - 1)
+def same_padding(
+    kernel_size: int, dilation: int = 1, *, stride: int = 1, length: int | None = None
+) -> tuple[int, int]:
+    """(left, right) zero padding of TensorFlow's "same": ceil(length / stride) outputs, an odd total with the
+    extra element on the right, e.g. kernel 8 -> (3, 4). At stride 1 it keeps the length whatever it is; at a
+    larger stride it depends on the input's ``length``."""
+    field = dilation * (kernel_size - 1) + 1
+    if stride == 1:
+        total = field - 1
+    elif length is None:
+        raise ValueError(f"'same' padding at stride {stride} depends on the input length: give length")
+    else:
+        total = max(0, (-(-length // stride) - 1) * stride + field - length)
     return total // 2, total - total // 2
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nb360.models.layers import same_padding
 from nb360.models.registry import output_shape, register_model
 
 if TYPE_CHECKING:
@@ -20,11 +21,9 @@ if TYPE_CHECKING:
 
 
 def pad_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
-    """Zero padding (extra on the right) so that a window of ``kernel_size`` at ``stride`` gives
-    ceil(length / stride) outputs."""
-    length = x.shape[-1]
-    total = max(0, (-(-length // stride) - 1) * stride + kernel_size - length)
-    return F.pad(x, (total // 2, total - total // 2))
+    """``x`` zero-padded as TensorFlow's "same" (:func:`~nb360.models.layers.same_padding`) for a window of
+    ``kernel_size`` at ``stride``: ceil(length / stride) outputs."""
+    return F.pad(x, same_padding(kernel_size, stride=stride, length=x.shape[-1]))
 
 
 class SameConv1d(nn.Conv1d):
