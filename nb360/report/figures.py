@@ -361,11 +361,18 @@ def learning_curves(
         return save_figure(fig, out_stem)
 
 
+def _params_frame(histories: Iterable[Mapping[str, Any] | str | os.PathLike]) -> pd.DataFrame:
+    """(task, method, params) of every run."""
+    runs = load_histories(histories)
+    return pd.DataFrame(
+        [{"task": h["task"], "method": h["method"], "params": int(h["params"])} for h in runs]
+    )
+
+
 def parameter_table(histories: Iterable[Mapping[str, Any] | str | os.PathLike]) -> pd.DataFrame:
     """Trainable parameters of the trained networks: the median over seeds, one row per method (in method
     order) and one column per task (in task order); missing where a method did not run on a task."""
-    runs = load_histories(histories)
-    df = pd.DataFrame([{"task": h["task"], "method": h["method"], "params": int(h["params"])} for h in runs])
+    df = _params_frame(histories)
     table = df.groupby(["method", "task"])["params"].median().unstack("task")
     return table.reindex(index=method_order(df["method"]), columns=task_order(df["task"]))
 
@@ -401,8 +408,7 @@ def parameter_counts(
     dot. Methods with zero parameters (e.g. a constant predictor) are marked "0" at the axis bottom, since
     a log axis cannot show them.
     """
-    runs = load_histories(histories)
-    df = pd.DataFrame([{"task": h["task"], "method": h["method"], "params": int(h["params"])} for h in runs])
+    df = _params_frame(histories)
     tasks = task_order(df["task"])
     methods = method_order(df["method"])
     colours = method_colours(methods)
