@@ -20,7 +20,7 @@ at 14 (README, deviations).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -130,42 +130,39 @@ def so3_near_identity_grid(
     return torch.stack([a.flatten(), b.flatten(), (c - a).flatten()])
 
 
-class S2Convolution(nn.Module):
-    """(B, f_in, (lmax + 1)^2) spherical-harmonic coefficients -> (B, f_out, so3_dim(lmax))."""
+class _SpectralConvolution(nn.Module):
+    """A convolution in the spectral domain: the kernel's learned values at ``basis``'s points, expanded in
+    the basis (spherical harmonics or Wigner matrices there: (points, coefficients)), are the weights of a
+    per-degree linear map from ``irreps_in`` to ``irreps_out``."""
 
-    def __init__(self, f_in: int, f_out: int, lmax: int, grid: torch.Tensor):
+    def __init__(self, f_in: int, f_out: int, basis: torch.Tensor, irreps_in: Any, irreps_out: Any):
         super().__init__()
-        o3 = _o3()
-        self.weight = nn.Parameter(torch.randn(f_in, f_out, grid.shape[1]))
-        y = o3.spherical_harmonics_alpha_beta(
-            list(range(lmax + 1)), grid[0], grid[1], normalization="component"
-        )
-        self.register_buffer("Y", y.float(), persistent=False)
-        self.lin = o3.Linear(
-            s2_irreps(lmax), so3_irreps(lmax), f_in=f_in, f_out=f_out, internal_weights=False
-        )
+        self.weight = nn.Parameter(torch.randn(f_in, f_out, basis.shape[0]))
+        self.register_buffer("basis", basis.float(), persistent=False)
+        self.lin = _o3().Linear(irreps_in, irreps_out, f_in=f_in, f_out=f_out, internal_weights=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        psi = torch.einsum("ni,xyn->xyi", self.Y, self.weight) / self.Y.shape[0] ** 0.5
+        psi = torch.einsum("ni,xyn->xyi", self.basis, self.weight) / self.basis.shape[0] ** 0.5
         return self.lin(x, weight=psi)
 
 
-class SO3Convolution(nn.Module):
-    """(B, f_in, so3_dim(lmax)) -> (B, f_out, so3_dim(lmax))."""
+class S2Convolution(_SpectralConvolution):
+    """(B, f_in, (lmax + 1)^2) spherical-harmonic coefficients -> (B, f_out, so3_dim(lmax)); ``grid``:
+    (alpha, beta) of the kernel's points."""
 
     def __init__(self, f_in: int, f_out: int, lmax: int, grid: torch.Tensor):
-        super().__init__()
-        o3 = _o3()
-        self.weight = nn.Parameter(torch.randn(f_in, f_out, grid.shape[1]))
+        degrees = list(range(lmax + 1))
+        y = _o3().spherical_harmonics_alpha_beta(degrees, grid[0], grid[1], normalization="component")
+        super().__init__(f_in, f_out, y, s2_irreps(lmax), so3_irreps(lmax))
+
+
+class SO3Convolution(_SpectralConvolution):
+    """(B, f_in, so3_dim(lmax)) -> (B, f_out, so3_dim(lmax)); ``grid``: (alpha, beta, gamma) of the kernel's
+    points."""
+
+    def __init__(self, f_in: int, f_out: int, lmax: int, grid: torch.Tensor):
         d = wigner_flat(lmax, grid[0], grid[1], grid[2], grid=False)
-        self.register_buffer("D", d.float(), persistent=False)
-        self.lin = o3.Linear(
-            so3_irreps(lmax), so3_irreps(lmax), f_in=f_in, f_out=f_out, internal_weights=False
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        psi = torch.einsum("ni,xyn->xyi", self.D, self.weight) / self.D.shape[0] ** 0.5
-        return self.lin(x, weight=psi)
+        super().__init__(f_in, f_out, d, so3_irreps(lmax), so3_irreps(lmax))
 
 
 class GridActivation(nn.Module):
