@@ -87,15 +87,9 @@ def measure(task: str, batch: int | None, steps: int, device: str) -> dict[str, 
     n_convs = 13 if spec.dim == 2 else 9
     convs = [(int(rng.choice(kernels)), int(rng.choice(dilations))) for _ in range(n_convs)]
 
-    def supernet() -> nn.Module:
-        mid = min(4 ** (spec.num_outputs // 10 + 1), 64)
-        width = 0.25 if spec.dim == 2 else mid / 64
-        backbone = create_model("wrn", spec, width=width)
-        return dash.DashSupernet(backbone, spec, dash.GRAD_SCALE.get(task, 100.0))
-
     dash_batch = batch or dash.DASH_BATCH[task]
     wrn_batch = batch or PAPER_BATCH[task]
-    t_search = seconds_per_sample(supernet, shape, dash_batch, steps, device)
+    t_search = seconds_per_sample(lambda: dash.search_supernet(spec), shape, dash_batch, steps, device)
     t_retrain = seconds_per_sample(
         lambda: create_model("wrn", spec, convs=convs), shape, dash_batch, steps, device
     )

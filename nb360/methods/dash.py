@@ -164,6 +164,14 @@ class SingleLevelArchStep(FitHook):
             self.optimizer.load_state_dict(state["optimizer"])
 
 
+def search_supernet(spec: TaskSpec, width: float = 1.0) -> DashSupernet:
+    """DASH's search network for ``spec`` (``width`` x): WRN-16-1 in 2D; in 1D the ResNet with DASH's mid
+    channels min(4^(classes // 10 + 1), 64) of its 64; the task's grad scale."""
+    base = 0.25 if spec.dim == 2 else min(4 ** (spec.num_outputs // 10 + 1), 64) / 64
+    backbone = create_model("wrn", spec, width=width * base)
+    return DashSupernet(backbone, spec, GRAD_SCALE.get(spec.name, 100.0))
+
+
 def _lrs(spec: TaskSpec) -> tuple[float, float]:
     return DENSE_LR if spec.output_kind == "dense" else POINT_LR
 
@@ -178,13 +186,7 @@ def search(ctx: RunContext) -> SearchResult:
     spec, b = ctx.task, budget_for(ctx.task.name, ctx.budget)
     smoke = check_budget(ctx.budget) == "smoke"
     seed_everything(ctx.seed)
-    backbone = create_model("wrn", spec, width=b.search_width * 0.25) if spec.dim == 2 else None
-    if spec.dim == 1:
-        # DASH's 1D search backbone: mid channels min(4^(classes // 10 + 1), 64) of the ResNet's 64
-        mid = min(4 ** (spec.num_outputs // 10 + 1), 64)
-        backbone = create_model("wrn", spec, width=b.search_width * mid / 64)
-    assert backbone is not None
-    model = DashSupernet(backbone, spec, GRAD_SCALE.get(spec.name, 100.0))
+    model = search_supernet(spec, b.search_width)
     lr, arch_lr = _lrs(spec)
     manifest = read_manifest(ctx.manifest)
     batch = b.batch_size or DASH_BATCH[spec.name]
