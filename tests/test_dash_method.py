@@ -52,3 +52,24 @@ def test_search_writes_the_chosen_convolutions_and_retraining_builds_them(
         for p, n in network.searched_convs()
     ]
     assert [(c.kernel_size[0], c.dilation[0]) for c in layers] == convs
+
+
+def test_architecture_learning_rate_decays_with_the_weights_schedule():
+    from nb360.train import TrainConfig
+    from nb360.train.loop import FitState
+
+    torch.manual_seed(0)
+    model = dash.search_supernet(get_task("satellite"), width=0.1)
+    cfg = TrainConfig(epochs=10, lr=0.1, batch_size=4, milestones=(0.3, 0.6, 0.9))
+    step = dash.SingleLevelArchStep(0.05)
+    step.setup(FitState(model, get_task("satellite"), {}, cfg, 0, ("train",), None, None))
+    lrs = []
+    for epoch in range(10):
+        lrs.append(step.optimizer.param_groups[0]["lr"])
+        step.optimizer.step()  # an epoch's steps (no gradients: nothing moves)
+        step.epoch_end(epoch, {})
+    assert lrs == pytest.approx([0.05] * 3 + [0.01] * 3 + [0.002] * 3 + [0.0004])
+    resumed = dash.SingleLevelArchStep(0.05)
+    resumed.setup(FitState(model, get_task("satellite"), {}, cfg, 0, ("train",), None, None))
+    resumed.load_state_dict(step.state_dict())
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.0004)

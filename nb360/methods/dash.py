@@ -38,7 +38,7 @@ from nb360.runs import read_arch
 from nb360.search.dash_space import SPACE_1D, SPACE_2D, SPACE_NINAPRO, MixedConv, to_supernet
 from nb360.tasks import TaskSpec
 from nb360.train import RunResult, TrainConfig, fit, seed_everything
-from nb360.train.loop import FitHook, FitState
+from nb360.train.loop import FitHook, FitState, make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +139,14 @@ class SingleLevelArchStep(FitHook):
     def __init__(self, lr: float):
         self.lr = lr
         self.optimizer: torch.optim.Optimizer | None = None
-        self.weight_optimizer_lr = 1.0
+        self.scheduler: Any = None
 
     def setup(self, state: FitState) -> None:
-        self.model = state.model
-        self.base_lr = state.cfg.lr
         self.optimizer = torch.optim.SGD(
             state.model.arch_parameters(), lr=self.lr, momentum=0.9, nesterov=True, weight_decay=5e-4
         )
+        # the weights' step schedule (milestones, gamma) from this optimiser's own learning rate
+        self.scheduler = make_scheduler(self.optimizer, replace(state.cfg, lr=self.lr))
 
     def before_step(self, epoch: int, step: int, batch: Any) -> None:
         assert self.optimizer is not None
@@ -156,12 +156,18 @@ class SingleLevelArchStep(FitHook):
         assert self.optimizer is not None
         self.optimizer.step()
 
+    def epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        self.scheduler.step()
+
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict() if self.optimizer is not None else {}}
+        if self.optimizer is None:
+            return {}
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: Any) -> None:
         if self.optimizer is not None and state.get("optimizer"):
             self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
 
 
 def search_supernet(spec: TaskSpec, width: float = 1.0) -> DashSupernet:
