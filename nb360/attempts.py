@@ -43,18 +43,22 @@ log = logging.getLogger(__name__)
 
 ATTEMPT_FORMAT = "nb360-attempt/1"
 ATTEMPTS_NAME = "attempts.jsonl"
+# The outputs whose job owns its folder's plain attempts.jsonl and benchmark.tsv (other jobs writing into the
+# same folder, a search's workers and tune stage, prefix theirs with their output's stem).
+SHARED_FOLDER_OUTPUTS = ("arch.json", "scores.json")
 HEARTBEAT_S = 60.0  # a killed attempt loses at most this much of its wall time (or one epoch, if shorter)
 
 Status = Literal["running", "done", "failed"]
 
 
 def attempts_path(output: str | os.PathLike) -> Path:
-    """The attempts file of the job that writes ``output``: ``attempts.jsonl`` beside it, or
-    ``worker{i}.attempts.jsonl`` for ``worker{i}.json`` (as its benchmark file)."""
+    """The attempts file of the job that writes ``output``: ``attempts.jsonl`` beside a search's
+    ``arch.json`` or a run's ``scores.json``; beside another job's file in the same folder, its own
+    ``{stem}.attempts.jsonl`` (``worker3.attempts.jsonl``, ``hparams.attempts.jsonl``), as its benchmark."""
     path = Path(output)
-    if path.name.startswith("worker"):
-        return path.with_name(f"{path.stem}.{ATTEMPTS_NAME}")
-    return path.with_name(ATTEMPTS_NAME)
+    if path.name in SHARED_FOLDER_OUTPUTS:
+        return path.with_name(ATTEMPTS_NAME)
+    return path.with_name(f"{path.stem}.{ATTEMPTS_NAME}")
 
 
 def _now() -> str:

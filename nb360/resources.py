@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from nb360.methods.budgets import check_budget
 from nb360.methods.registry import method_info
 
-STAGES = ("data", "search", "search_worker", "retrain", "nb201", "report")
+STAGES = ("data", "search", "search_worker", "tune", "retrain", "nb201", "report")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ _BASE = {
         "data": JobResources(mem_mb=4000, runtime=30, threads=1, gpu=0),
         "search": JobResources(mem_mb=4000, runtime=60, threads=1, gpu=1),
         "search_worker": JobResources(mem_mb=4000, runtime=60, threads=1, gpu=1),
+        "tune": JobResources(mem_mb=4000, runtime=60, threads=1, gpu=1),
         "retrain": JobResources(mem_mb=4000, runtime=60, threads=1, gpu=1),
         "nb201": JobResources(mem_mb=4000, runtime=60, threads=1, gpu=1),
         "report": JobResources(mem_mb=4000, runtime=30, threads=1, gpu=0),
@@ -41,6 +42,8 @@ _BASE = {
         "data": JobResources(mem_mb=16000, runtime=480, threads=4, gpu=0),
         "search": JobResources(mem_mb=32000, runtime=2880, threads=4, gpu=1),
         "search_worker": JobResources(mem_mb=32000, runtime=1440, threads=4, gpu=1),
+        # DASH's grid: up to 24 configurations x 80 epochs on a fraction of the batches (more-methods.md 7.3).
+        "tune": JobResources(mem_mb=32000, runtime=1440, threads=4, gpu=1),
         "retrain": JobResources(mem_mb=32000, runtime=1440, threads=4, gpu=1),
         # A chunk of NB201 cells: 256 NinaPro cells x 200 epochs fit a day on one GPU; a Darcy chunk (85 x 85
         # through 17 cells) may need the retries' doubled run time, or a smaller nb201.chunk_size.

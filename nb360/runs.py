@@ -6,6 +6,13 @@ retraining reads back (:func:`read_arch`)::
     {"format": "nb360-arch/1", "task": "cifar100", "method": "gaea", "seed": 0, "budget": "smoke",
      "kind": "darts_genotype", "arch": {...the method's architecture...}, "summary": "one line",
      "search": {"seconds": 12.3, "device": "cpu"}}
+
+A method with a hyper-parameter stage (DASH) writes ``hparams.json`` beside it (:func:`write_hparams`,
+format ``nb360-hparams/1``), read back by its retraining (:func:`read_hparams`)::
+
+    {"format": "nb360-hparams/1", "task": "ninapro", "method": "dash", "seed": 0, "budget": "smoke",
+     "hparams": {"lr": 0.1, ...}, "summary": "one line", "trials": [{..., "value": 0.2}],
+     "tune": {"seconds": 8.1, "device": "cpu"}}
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ if TYPE_CHECKING:  # nb360.train imports torch, which the report jobs that read 
     from nb360.train import RunResult
 
 ARCH_FORMAT = "nb360-arch/1"
+HPARAMS_FORMAT = "nb360-hparams/1"
 
 SCORE_COLUMNS = ["task", "method", "seed", "metric", "value", "lower_is_better", "data_source"]
 
@@ -147,5 +155,35 @@ def read_arch(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any
         raise ValueError(
             f"{path} holds a {body.get('kind')!r} architecture, but {kind!r} is needed: "
             "it was written by another method"
+        )
+    return body
+
+
+def write_hparams(result: Any, path: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+    """The hyper-parameters a tune stage chose (a :class:`~nb360.methods.TuneResult`), written atomically."""
+    body = {"format": HPARAMS_FORMAT, **meta, "hparams": dict(result.hparams), "summary": result.summary}
+    body |= {"trials": list(result.trials), "tune": {"seconds": result.seconds, "device": result.device}}
+    atomic_write_text(path, json.dumps(body, indent=1) + "\n")
+
+
+def read_hparams(path: str | os.PathLike, keys: Iterable[str] = ()) -> dict[str, Any]:
+    """The record of ``path`` (:func:`write_hparams`); ``keys``: the hyper-parameters the caller needs
+    (checked), so a file of another method or version stops the job instead of training with defaults."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no tuned hyper-parameters; run the method's tune stage first (snakemake {path})"
+        )
+    try:
+        body = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it and rerun the tune stage") from e
+    if not isinstance(body, dict) or body.get("format") != HPARAMS_FORMAT:
+        raise ValueError(f"{path} is not an nb360 hyper-parameter file (format {HPARAMS_FORMAT!r} expected)")
+    hparams = body.get("hparams")
+    missing = [k for k in keys if not isinstance(hparams, dict) or k not in hparams]
+    if missing:
+        raise ValueError(
+            f"{path}: hyper-parameter(s) {', '.join(missing)} missing; delete it and rerun the tune stage"
         )
     return body

@@ -13,6 +13,7 @@ with log_to(smk.log[0]):
         smk.input.scores,
         smk.input.archs,
         smk.input.workers,
+        smk.input.tunes,
         csv=smk.output.csv,
         md=smk.output.md,
         seeds_csv=smk.output.seeds,

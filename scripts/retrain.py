@@ -26,6 +26,7 @@ with (
         device=placement.device,
         # Namedlist: "in" looks at the values, so ask the keys.
         arch=Path(smk.input.arch) if "arch" in smk.input.keys() else None,  # noqa: SIM118
+        hparams=Path(smk.input.hparams) if "hparams" in smk.input.keys() else None,  # noqa: SIM118
         # Runs of other methods this one may reuse (MethodInfo.reuses), by method name.
         inputs={k.removeprefix("reuse_"): Path(v) for k, v in smk.input.items() if k.startswith("reuse_")},
     )

@@ -33,6 +33,7 @@ def test_attempts_path_beside_the_output():
     assert attempts_path("r/runs/ecg/wrn/seed0/scores.json") == Path("r/runs/ecg/wrn/seed0/attempts.jsonl")
     assert attempts_path("s/seed0/arch.json") == Path("s/seed0/attempts.jsonl")
     assert attempts_path("s/seed0/worker3.json") == Path("s/seed0/worker3.attempts.jsonl")
+    assert attempts_path("s/seed0/hparams.json") == Path("s/seed0/hparams.attempts.jsonl")
 
 
 def test_done_failed_and_numbered_attempts(tmp_path):

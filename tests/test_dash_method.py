@@ -1,5 +1,6 @@
-"""The DASH method: its search writes the chosen (kernel, dilation) of every searched convolution, and its
-retraining builds exactly that network after choosing hyper-parameters on validation."""
+"""The DASH method: its search writes the chosen (kernel, dilation) of every searched convolution, its tune
+stage chooses hyper-parameters on validation for that network, and its retraining builds exactly that
+network with those hyper-parameters."""
 
 from dataclasses import replace
 
@@ -9,7 +10,7 @@ import torch
 from nb360.methods import RunContext, dash, get_method
 from nb360.models import create_model
 from nb360.models.layers import CONV_TYPES
-from nb360.runs import read_arch, write_arch
+from nb360.runs import read_arch, read_hparams, write_arch, write_hparams
 from nb360.tasks import get_task
 from nb360.train.loop import count_params
 
@@ -25,7 +26,7 @@ def test_hyperparameter_grids_are_dashs():
 def test_search_writes_the_chosen_convolutions_and_retraining_builds_them(
     task, embedded, tmp_path, monkeypatch
 ):
-    tiny = replace(dash.SMOKE, search_epochs=1, max_batches=2, hp_grid={"lr": (0.1,), "dropout": (0.0,),
+    tiny = replace(dash.SMOKE, search_epochs=1, max_batches=2, hp_grid={"lr": (0.1, 0.01), "dropout": (0.0,),
                    "weight_decay": (5e-4,), "momentum": (0.9,)})  # fmt: skip
     monkeypatch.setattr(dash, "SMOKE", tiny)
     monkeypatch.setitem(
@@ -41,8 +42,17 @@ def test_search_writes_the_chosen_convolutions_and_retraining_builds_them(
     assert all(k in kernels and d in dilations for k, d in convs)
     write_arch(found.kind, found.arch, found.summary, tmp_path / "arch.json", {})
     assert [tuple(c) for c in read_arch(tmp_path / "arch.json", dash.KIND)["arch"]["convs"]] == convs
+    ctx = replace(ctx, arch=tmp_path / "arch.json")
+    tuned = get_method("dash").tune(ctx)
+    assert [t["lr"] for t in tuned.trials] in ([0.1], [0.1, 0.01])  # a group that does not improve ends it
+    best = min(tuned.trials, key=lambda t: t["value"])
+    assert tuned.hparams == {k: v for k, v in best.items() if k != "value"}
+    write_hparams(tuned, tmp_path / "hparams.json", {"task": task})
+    assert read_hparams(tmp_path / "hparams.json", dash.HP_GRID)["hparams"] == tuned.hparams
+    with pytest.raises(ValueError, match=r"needs its hparams\.json"):
+        get_method("dash").retrain(ctx)
     result = get_method("dash").retrain(
-        replace(ctx, arch=tmp_path / "arch.json", workdir=tmp_path / "retrain")
+        replace(ctx, hparams=tmp_path / "hparams.json", workdir=tmp_path / "retrain")
     )
     assert all(torch.isfinite(torch.tensor(v)) for v in result.metrics.values())
     network = create_model("wrn", spec, width=tiny.retrain_width, convs=convs)
@@ -73,3 +83,16 @@ def test_architecture_learning_rate_decays_with_the_weights_schedule():
     resumed.setup(FitState(model, get_task("satellite"), {}, cfg, 0, ("train",), None, None))
     resumed.load_state_dict(step.state_dict())
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.0004)
+
+
+def test_a_hyperparameter_file_without_what_retraining_needs_is_refused(tmp_path):
+    from nb360.methods import TuneResult
+
+    write_hparams(TuneResult({"lr": 0.1}, "lr 0.1"), tmp_path / "hparams.json", {})
+    with pytest.raises(ValueError, match=r"hparams\.json: hyper-parameter\(s\) dropout, weight_decay"):
+        read_hparams(tmp_path / "hparams.json", dash.HP_GRID)
+    (tmp_path / "arch.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an nb360 hyper-parameter file"):
+        read_hparams(tmp_path / "arch.json")
+    with pytest.raises(FileNotFoundError, match="run the method's tune stage first"):
+        read_hparams(tmp_path / "missing.json")

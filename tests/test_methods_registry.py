@@ -86,6 +86,8 @@ def test_functions_that_contradict_the_entry_are_refused():
         register_method(Method("wrn", lambda ctx: None, search=lambda ctx: None))
     with pytest.raises(ValueError, match="search_workers=True"):
         register_method(Method("wrn_asha", lambda ctx: None, search=lambda ctx: None))
+    with pytest.raises(ValueError, match="says searches=True, search_workers=False, tunes=True"):
+        register_method(Method("dash", lambda ctx: None, search=lambda ctx: None))
     assert get_method("wrn").search is None  # the registered one is untouched
 
 
@@ -101,6 +103,7 @@ def test_an_entry_whose_module_registers_nothing_is_an_error(monkeypatch):
     [
         ({"search_workers": True}, "search workers but no search"),
         ({"reads": ("densenas",)}, "no search of its own"),
+        ({"tunes": True}, "tunes the hyper-parameters of a search it does not have"),
         ({"cpu_only": ("train",)}, "cpu_only"),
     ],
 )

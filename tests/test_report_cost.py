@@ -37,7 +37,7 @@ from nb360.report.cost import (
     seed_costs,
     write_cost,
 )
-from nb360.runs import write_arch, write_run
+from nb360.runs import write_arch, write_hparams, write_run
 from nb360.search.darts_space import Genotype
 from nb360.tasks import get_task
 from nb360.train import TrainConfig, fit, seed_everything
@@ -252,6 +252,25 @@ def test_worker_on_cuda_counts_gpu_hours_under_a_cpu_search(tmp_path):
     s = seed_costs(runs, searches, workers).iloc[0]
     assert s["gpu_h"] == pytest.approx(1.0 + 0.1)
     assert s["search_h"] == pytest.approx(1.01)
+
+
+def test_a_tune_stage_counts_as_search_on_its_own_device(tmp_path):
+    """DASH's hyper-parameter stage is its own job (hparams.json): charged to the search, with its device."""
+    from nb360.methods import TuneResult
+
+    root = tmp_path / "results"
+    runs = [run(root, "ecg", "dash", 0, device="cpu", seconds=1800, cpu=1800, error=0.2)]
+    searches = [search(root, "ecg", "dash", 0, device="cpu", seconds=3600, cpu=3600, kind="dash_convs")]
+    tune = searches[0].with_name("hparams.json")
+    meta = {"task": "ecg", "method": "dash", "seed": 0, **META}
+    write_hparams(TuneResult({"lr": 0.1}, "lr 0.1", device="cuda:0"), tune, meta)
+    bench(tune.with_name("hparams.benchmark.tsv"), 720, 700)
+    jobs = job_costs(runs, searches, (), [tune]).set_index("job")
+    assert jobs.loc["tune", ["stage", "device", "gpu_h"]].tolist() == ["search", "cuda", 0.2]
+    s = seed_costs(runs, searches, (), [tune]).iloc[0]
+    assert (s["search_h"], s["retrain_h"], s["search_jobs"]) == (pytest.approx(1.2), 0.5, 2)
+    with pytest.raises(ValueError, match=r"a tune stage without its search's arch\.json"):
+        job_costs(runs, [], (), [tune])
 
 
 def test_cost_table_means_over_seeds_in_table_order(results):

@@ -16,7 +16,7 @@ from tests.test_workflow import _config, _snakemake, _workdir
 def test_training_stages_ask_for_one_gpu_and_the_others_for_none():
     for budget in ("smoke", "paper"):
         for stage in STAGES:
-            expected = 1 if stage in ("search", "search_worker", "retrain", "nb201") else 0
+            expected = 1 if stage in ("search", "search_worker", "tune", "retrain", "nb201") else 0
             assert job_resources(stage, budget).gpu == expected, (stage, budget)
 
 
@@ -70,13 +70,14 @@ def _dry_run_resources(wd: Path, *args: str) -> dict[str, dict[str, str]]:
 
 def test_rules_pass_budget_attempt_and_device_to_the_scheduler(tmp_path):
     wd = _workdir(tmp_path)
-    _config(wd, tasks=["satellite"], methods=["trivial", "wrn_asha"])
+    _config(wd, tasks=["satellite"], methods=["trivial", "wrn_asha", "dash"])
     (wd / "paper.yaml").write_text(yaml.safe_dump({"train": {"budget": "paper"}}))
     paper = job_resources("retrain", "paper")
 
     res = _dry_run_resources(wd, "--configfile", str(wd / "paper.yaml"), "--attempt", "2")
-    for job in ("retrain/wrn_asha", "search_worker/wrn_asha"):
+    for job in ("retrain/wrn_asha", "search_worker/wrn_asha", "tune/dash", "search/dash"):
         assert res[job]["gpu"] == "1", job
+    assert res["tune/dash"]["runtime"] == str(2 * job_resources("tune", "paper").runtime)
     assert res["retrain/wrn_asha"]["mem_mb"] == str(2 * paper.mem_mb)
     assert res["retrain/wrn_asha"]["runtime"] == str(2 * paper.runtime)
     # CPU-only stages of a method ask for no GPU: the trivial predictor, the ASHA study's summary.

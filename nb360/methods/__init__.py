@@ -5,7 +5,7 @@ and :func:`get_method` imports a method's module only when a job runs it. A new 
 one entry in ``nb360/methods/registry.py`` (docs/adding-a-method.md).
 """
 
-from nb360.methods.base import Method, RunContext, SearchResult, get_method, register_method
+from nb360.methods.base import Method, RunContext, SearchResult, TuneResult, get_method, register_method
 from nb360.methods.registry import MethodInfo, list_methods, method_info
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "MethodInfo",
     "RunContext",
     "SearchResult",
+    "TuneResult",
     "get_method",
     "list_methods",
     "method_info",

@@ -5,7 +5,10 @@ report on test). A search method first runs ``search``: it returns a :class:`Sea
 architecture the workflow writes to ``results/search/{task}/{method}/seed{seed}/arch.json``, and
 ``retrain`` then reads that file (``ctx.arch``): nothing is copied by hand. A search that several jobs share
 (e.g. ASHA on SLURM, one job per worker) also defines ``search_worker``; the workflow runs it once per
-worker, on one storage under the search's folder, before ``search`` collects the result.
+worker, on one storage under the search's folder, before ``search`` collects the result. A method that
+tunes (DASH) also defines ``tune``: its own job between the search and the retraining, which reads
+``arch.json`` and returns a :class:`TuneResult` whose hyper-parameters the workflow writes to ``hparams.json``
+beside it; ``retrain`` reads that file (``ctx.hparams``).
 Snakemake's ``{method}`` wildcard is a registry name.
 
 What the workflow needs to build its DAG (title, whether a method searches, ...) is the method's entry in
@@ -40,7 +43,8 @@ class RunContext:
     budget: str  # "smoke" or "paper" (see nb360.methods.budgets)
     device: str
     workdir: Path  # checkpoints and other per-run files (for a search: the storage its workers share)
-    arch: Path | None = None  # retrain of a search method: the searched architecture file
+    arch: Path | None = None  # tune and retrain of a search method: the searched architecture file
+    hparams: Path | None = None  # retrain of a tuning method: the chosen hyper-parameters (hparams.json)
     # search: arch.json of the methods it reads; retrain: scores.json of the runs it may reuse (by method)
     inputs: Mapping[str, Path] = field(default_factory=dict)
     workers: int = 1  # search: how many worker jobs share it
@@ -77,6 +81,17 @@ class SearchResult:
     seconds: float = 0.0
 
 
+@dataclass
+class TuneResult:
+    """What a hyper-parameter stage chose: ``hparams`` (JSON-serialisable) is what ``retrain`` reads back."""
+
+    hparams: dict[str, Any]
+    summary: str  # one line for the report
+    trials: list[dict[str, Any]] = field(default_factory=list)  # each configuration tried and its score
+    device: str = "cpu"
+    seconds: float = 0.0
+
+
 @dataclass(frozen=True)
 class Method:
     """A method's functions; its metadata is its registry entry (:attr:`info`)."""
@@ -86,6 +101,8 @@ class Method:
     search: Callable[[RunContext], SearchResult] | None = None
     # Parallel search: one job per worker (worker index 0..workers-1) returns a JSON-able record.
     search_worker: Callable[[RunContext, int], dict[str, Any]] | None = None
+    # Hyper-parameter stage: the searched architecture's training configuration, chosen on validation.
+    tune: Callable[[RunContext], TuneResult] | None = None
 
     @property
     def info(self) -> MethodInfo:
@@ -111,6 +128,10 @@ class Method:
     def searches(self) -> bool:
         return self.search is not None
 
+    @property
+    def tunes(self) -> bool:
+        return self.tune is not None
+
 
 _METHODS: dict[str, Method] = {}
 
@@ -125,11 +146,12 @@ def register_method(method: Method) -> Method:
         ) from None
     if not callable(method.retrain):
         raise TypeError(f"method {method.name!r}: retrain must be a function of a RunContext")
-    if method.searches != info.searches or (method.search_worker is not None) != info.search_workers:
+    given = (method.searches, method.search_worker is not None, method.tunes)
+    if given != (info.searches, info.search_workers, info.tunes):
         raise ValueError(
-            f"method {method.name!r}: its module gives search={method.searches}, "
-            f"search_worker={method.search_worker is not None}, but its entry in nb360/methods/registry.py "
-            f"says searches={info.searches}, search_workers={info.search_workers}; make them agree"
+            f"method {method.name!r}: its module gives search={given[0]}, search_worker={given[1]}, "
+            f"tune={given[2]}, but its entry in nb360/methods/registry.py says searches={info.searches}, "
+            f"search_workers={info.search_workers}, tunes={info.tunes}; make them agree"
         )
     if method.name in _METHODS:
         raise ValueError(f"method {method.name!r} is registered twice")

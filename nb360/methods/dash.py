@@ -8,10 +8,11 @@ then that network retrained.
   training loss (single level: :class:`SingleLevelArchStep` steps the logits after each weight step, with
   their own SGD), on a fraction of the training batches per epoch; the argmax of each layer's logits is the
   architecture, written to ``arch.json`` as (kernel, dilation) pairs.
-* ``retrain``: the hyper-parameter grid (learning rate x dropout x weight decay x momentum) on the retraining
-  network with the searched kernels, each configuration trained briefly from the same initialisation and
-  scored on validation (:func:`select_hyperparameters`), then the best one retrained on the task's retrain
-  split and reported on test once. Protocol over DASH's runs, which validated on the test set
+* ``tune`` (its own job, after the search): the hyper-parameter grid (learning rate x dropout x weight decay
+  x momentum) on the retraining network with the searched kernels, each configuration trained briefly from
+  the same initialisation and scored on validation; the best goes to ``hparams.json``.
+* ``retrain``: that network with those hyper-parameters, trained on the task's retrain split and reported
+  on test once. Protocol over DASH's runs, which validated on the test set
   (``valid_split 0``): validation chooses, test is reported once.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,12 +31,12 @@ from torch import nn
 from nb360 import metrics
 from nb360.data.loader import make_loader
 from nb360.data.shards import read_manifest
-from nb360.methods.base import Method, RunContext, SearchResult, register_method
+from nb360.methods.base import Method, RunContext, SearchResult, TuneResult, register_method
 from nb360.methods.budgets import check_budget, smoke_validation
 from nb360.methods.wrn import PAPER_BATCH
 from nb360.methods.wrn import SMOKE as WRN_SMOKE
 from nb360.models import create_model
-from nb360.runs import read_arch
+from nb360.runs import read_arch, read_hparams
 from nb360.search.dash_space import SPACE_1D, SPACE_2D, SPACE_NINAPRO, MixedConv, to_supernet
 from nb360.tasks import TaskSpec
 from nb360.train import RunResult, TrainConfig, fit, seed_everything
@@ -237,16 +239,37 @@ def _network(spec: TaskSpec, convs: list[tuple[int, int]], width: float, dropout
     return create_model("wrn", spec, **kwargs)
 
 
-def select_hyperparameters(
-    ctx: RunContext, convs: list[tuple[int, int]], b: DashBudget, base: TrainConfig
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Each configuration of the grid trains the retraining network from the same initialisation for
-    ``b.hp_epochs`` epochs on a fraction of the batches and is scored on validation; grouped by learning
-    rate, the search stops after a group that did not improve the best score (DASH's main.py)."""
-    spec = ctx.task
+def _retrain_config(spec: TaskSpec, b: DashBudget, budget: str) -> TrainConfig:
+    """The retraining's configuration before tuning (the tune stage varies its learning rate, momentum and
+    weight decay): DASH's 200 epochs at the paper's batch, or the WRN's smoke epochs."""
+    smoke = check_budget(budget) == "smoke"
+    w = WRN_SMOKE[spec.name]
+    return TrainConfig(
+        epochs=w.epochs if smoke and not b.retrain_epochs else b.retrain_epochs,
+        lr=0.1,
+        batch_size=(w.batch_size if smoke else None) or PAPER_BATCH[spec.name],
+        max_batches_per_epoch=w.max_batches_per_epoch if smoke else None,
+    )
+
+
+def _convs(ctx: RunContext) -> list[tuple[int, int]]:
+    if ctx.arch is None:
+        raise ValueError(f"{ctx.task.name}: DASH's tune and retrain stages need its arch.json")
+    return [(int(k), int(d)) for k, d in read_arch(ctx.arch, KIND)["arch"]["convs"]]
+
+
+def tune(ctx: RunContext) -> TuneResult:
+    """DASH's hyper-parameter stage: each configuration of the grid trains the retraining network (with the
+    searched kernels) from the same initialisation for ``hp_epochs`` epochs on a fraction of the batches
+    and is scored on validation; grouped by learning rate, the grid stops after a group that did not
+    improve the best score (DASH's main.py). The best configuration goes to ``hparams.json``."""
+    spec, b = ctx.task, budget_for(ctx.task.name, ctx.budget)
+    convs, base = _convs(ctx), _retrain_config(ctx.task, b, ctx.budget)
     smoke = check_budget(ctx.budget) == "smoke"
+    start = time.perf_counter()
     trials: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
+    device = ctx.device
     for lr, group in itertools.groupby(hp_grid(spec.name, b), key=lambda hp: hp["lr"]):
         improved = False
         for hp in group:
@@ -263,7 +286,7 @@ def select_hyperparameters(
             )
             try:
                 result = fit(model, ctx.manifest, cfg, "search", ctx.seed, ctx.device)
-                value = result.metrics[metrics.PRIMARY_METRIC[spec.name]]
+                value, device = result.metrics[metrics.PRIMARY_METRIC[spec.name]], result.device
             except FloatingPointError as e:  # a diverging configuration loses; the grid goes on
                 log.warning("DASH hyper-parameters %s diverged: %s", hp, e)
                 value = math.inf
@@ -275,28 +298,25 @@ def select_hyperparameters(
             break
     if best is None or not math.isfinite(best["value"]):
         raise FloatingPointError(f"{spec.name}: every DASH hyper-parameter configuration diverged")
-    return {k: v for k, v in best.items() if k != "value"}, trials
+    hparams = {k: v for k, v in best.items() if k != "value"}
+    summary = " ".join(f"{k} {v:g}" for k, v in hparams.items())
+    log.info("%s DASH hyper-parameters: %s (%d configurations tried)", spec.name, summary, len(trials))
+    return TuneResult(hparams, summary, trials, device, time.perf_counter() - start)
 
 
 def retrain(ctx: RunContext) -> RunResult:
-    if ctx.arch is None:
-        raise ValueError(f"{ctx.task.name}: retraining a DASH network needs its arch.json")
+    """The retraining network with the searched kernels, trained with the tuned hyper-parameters on the
+    task's retrain split and reported on test once."""
     spec, b = ctx.task, budget_for(ctx.task.name, ctx.budget)
-    convs = [(int(k), int(d)) for k, d in read_arch(ctx.arch, KIND)["arch"]["convs"]]
-    smoke = check_budget(ctx.budget) == "smoke"
-    w = WRN_SMOKE[spec.name]
-    base = TrainConfig(
-        epochs=w.epochs if smoke and not b.retrain_epochs else b.retrain_epochs,
-        lr=0.1,
-        batch_size=(w.batch_size if smoke else None) or PAPER_BATCH[spec.name],
-        max_batches_per_epoch=w.max_batches_per_epoch if smoke else None,
-    )
-    hp, trials = select_hyperparameters(ctx, convs, b, base)
-    log.info("%s DASH retraining with %s (%d configurations tried)", spec.name, hp, len(trials))
+    convs = _convs(ctx)
+    if ctx.hparams is None:
+        raise ValueError(f"{spec.name}: retraining a DASH network needs its hparams.json (the tune stage)")
+    hp = read_hparams(ctx.hparams, HP_GRID)["hparams"]
+    base = _retrain_config(spec, b, ctx.budget)
     cfg = replace(base, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"])
     seed_everything(ctx.seed)
     model = _network(spec, convs, b.retrain_width, hp["dropout"])
     return fit(model, ctx.manifest, cfg, "retrain", ctx.seed, ctx.device, ctx.workdir / "checkpoint.pt")
 
 
-register_method(Method("dash", retrain, search=search))
+register_method(Method("dash", retrain, search=search, tune=tune))

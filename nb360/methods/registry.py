@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STAGES = ("search", "retrain")  # the method stages a job runs
+STAGES = ("search", "tune", "retrain")  # the method stages a job runs, in their order
 FAMILIES = ("nas", "non_nas", "hpo", "reference")
 
 
@@ -26,6 +26,9 @@ class MethodInfo:
     searches: bool = False  # has a search stage (rule search) whose arch.json its retrain reads
     search_workers: bool = False  # its search is shared by worker jobs (rule search_worker) first
     reads: tuple[str, ...] = ()  # methods whose searched architecture this method's search reads
+    # has a hyper-parameter stage (rule tune) between its search and its retraining: it reads arch.json and
+    # writes hparams.json, which the retraining reads
+    tunes: bool = False
     # Stages that never train a network on a GPU: their jobs ask for no GPU, so they neither hold a GPU slot
     # nor wait in a cluster's GPU queue.
     cpu_only: tuple[str, ...] = ()
@@ -43,6 +46,8 @@ class MethodInfo:
             raise ValueError(f"method {self.name!r}: family {self.family!r}; families are {FAMILIES}")
         if self.search_workers and not self.searches:
             raise ValueError(f"method {self.name!r} has search workers but no search to collect them")
+        if self.tunes and not self.searches:
+            raise ValueError(f"method {self.name!r} tunes the hyper-parameters of a search it does not have")
         if self.reads and not self.searches:
             raise ValueError(f"method {self.name!r} reads searches but has no search of its own")
         if unknown := set(self.cpu_only) - set(STAGES):
@@ -148,6 +153,7 @@ METHODS: tuple[MethodInfo, ...] = (
         "DASH",
         "kernel size and dilation of every WRN / 1D ResNet convolution by one mixture kernel, then tuned",
         searches=True,
+        tunes=True,
     ),
 )
 

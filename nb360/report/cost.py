@@ -6,6 +6,7 @@ job's JSON output (:func:`benchmark_path`)::
     results/runs/{task}/{method}/seed{seed}/scores.json          -> .../benchmark.tsv   (retrain job)
     results/search/{task}/{method}/seed{seed}/arch.json          -> .../benchmark.tsv   (search job)
     results/search/{task}/{method}/seed{seed}/worker{i}.json     -> .../worker{i}.benchmark.tsv
+    results/search/{task}/{method}/seed{seed}/hparams.json       -> .../hparams.benchmark.tsv (tune job)
 
 A benchmark file has Snakemake's columns ``s, h:m:s, max_rss, ..., mean_load, cpu_time``: ``s`` is the job's
 wall-clock seconds, ``cpu_time`` the user + system CPU seconds of all its processes ("NA" when the job ended
@@ -22,8 +23,10 @@ Per job: wall hours; GPU-hours = wall hours × GPUs, where a job on CUDA holds o
 on one device) and a CPU job none; CPU core-hours = ``cpu_time`` / 3600, or wall hours × the job's threads
 where ``cpu_time`` is missing. The device is the one the job recorded: ``scores.json["device"]`` for a
 retrain job, ``arch.json["search"]["device"]`` for a search job, and a worker's own ``"device"`` (the
-search's where its record has none). A method's search cost is its search job plus all its workers; methods
-without a search cost 0 there. Per task and method the table shows the mean over seeds.
+search's where its record has none; a tune job's ``hparams.json["tune"]["device"]``). A method's search cost
+is its search job plus all its workers plus its hyper-parameter stage (the tune job: DASH's selection, like
+WRN-ASHA's tuning, is part of what the method spends before its final training); methods without a search
+cost 0 there. Per task and method the table shows the mean over seeds.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from nb360.attempts import attempts_path, job_attempts, read_attempts
+from nb360.attempts import SHARED_FOLDER_OUTPUTS, attempts_path, job_attempts, read_attempts
 from nb360.report.figures import (
     STYLE,
     legend_in_blank_cells,
@@ -64,7 +67,7 @@ from nb360.report.tables import (
     task_title,
     write_text_atomic,
 )
-from nb360.runs import read_arch
+from nb360.runs import read_arch, read_hparams
 
 BENCHMARK_NAME = "benchmark.tsv"  # the search and retrain rules' ``benchmark:`` file, next to their JSON
 DEVICE_GPUS = {"cpu": 0, "cuda": 1}  # GPUs one job holds, by device type (one device per job)
@@ -97,12 +100,13 @@ class Benchmark:
 
 
 def benchmark_path(json_path: str | os.PathLike) -> Path:
-    """The benchmark file of the job that wrote ``json_path``: ``benchmark.tsv`` beside it, or
-    ``worker{i}.benchmark.tsv`` for ``worker{i}.json``."""
+    """The benchmark file of the job that wrote ``json_path``: ``benchmark.tsv`` beside ``arch.json`` or
+    ``scores.json``, ``{stem}.benchmark.tsv`` beside the other jobs' files (``worker{i}.json``,
+    ``hparams.json``)."""
     path = Path(json_path)
-    if path.name.startswith("worker"):
-        return path.with_name(f"{path.stem}.{BENCHMARK_NAME}")
-    return path.with_name(BENCHMARK_NAME)
+    if path.name in SHARED_FOLDER_OUTPUTS:
+        return path.with_name(BENCHMARK_NAME)
+    return path.with_name(f"{path.stem}.{BENCHMARK_NAME}")
 
 
 def read_benchmark(path: str | os.PathLike) -> Benchmark:
@@ -201,11 +205,13 @@ def job_costs(
     runs: Iterable[str | os.PathLike],
     searches: Iterable[str | os.PathLike] = (),
     workers: Iterable[str | os.PathLike] = (),
+    tunes: Iterable[str | os.PathLike] = (),
     *,
     threads: int = 1,
 ) -> pd.DataFrame:
     """One row per job (columns :data:`JOB_COLUMNS`): retrain jobs from their ``scores.json``, search jobs
-    from their ``arch.json``, workers of parallel searches from their ``worker{i}.json``; each job's times
+    from their ``arch.json``, workers of parallel searches from their ``worker{i}.json``, tune jobs (stage
+    "search", job "tune") from their ``hparams.json``; each job's times
     from its benchmark file (:func:`benchmark_path`) and its earlier attempts
     (:func:`nb360.attempts.attempts_path`).
 
@@ -236,6 +242,15 @@ def job_costs(
         record = _read_json(p)
         device = record.get("device", search["device"])
         rows.append(_job(search, "search", p.stem, device, p, threads))
+    for p in map(Path, tunes):
+        if p.parent not in search_of:
+            raise ValueError(f"{p}: a tune stage without its search's arch.json among the inputs")
+        record = read_hparams(p)
+        _require(record, ("task", "method", "seed"), p)
+        device = (record.get("tune") or {}).get("device")
+        if device is None:
+            raise ValueError(f"{p}: no tune device (hparams.json 'tune': {{'device': ...}}); rerun it")
+        rows.append(_job(record, "search", "tune", device, p, threads))
     return pd.DataFrame(rows, columns=JOB_COLUMNS)
 
 
@@ -272,14 +287,15 @@ def seed_costs(
     runs: Iterable[str | os.PathLike],
     searches: Iterable[str | os.PathLike] = (),
     workers: Iterable[str | os.PathLike] = (),
+    tunes: Iterable[str | os.PathLike] = (),
     *,
     threads: int = 1,
 ) -> pd.DataFrame:
     """One row per task × method × seed (columns :data:`SEED_COLUMNS`): hours of the search (job plus
-    workers; 0 without a search), of the retraining, their total, GPU- and CPU core-hours, and the test
-    error of the task's primary metric."""
+    workers plus tune stage; 0 without a search), of the retraining, their total, GPU- and CPU core-hours,
+    and the test error of the task's primary metric."""
     runs = list(runs)
-    jobs = job_costs(runs, searches, workers, threads=threads)
+    jobs = job_costs(runs, searches, workers, tunes, threads=threads)
     keys = ["task", "method", "seed"]
     if jobs.empty:
         raise ValueError("no runs given")
@@ -350,7 +366,8 @@ def cost_caption(seeds: pd.DataFrame) -> str:
         f"Compute cost per task and method on {DATA_SOURCE_CAPTIONS.get(source, source)}, budget {budgets}; "
         f"mean over {count}. Wall-clock hours from Snakemake's benchmark files plus the jobs' earlier "
         "attempts (killed, failed or requeued, up to their last heartbeat): search = the search job "
-        "plus all workers of a parallel search (0 for methods without a search), retrain = training on "
+        "plus all workers of a parallel search plus a hyper-parameter stage (DASH's tune job; 0 for methods "
+        "without a search), retrain = training on "
         "train ∪ validation and the test evaluation. GPU-hours = wall hours of jobs that ran on CUDA (one "
         "GPU per job), 0 on CPU; CPU core-hours = CPU time (user + system) of the jobs' processes. Jobs and "
         "attempts: totals over the seeds."
@@ -465,6 +482,7 @@ def write_cost(
     runs: Iterable[str | os.PathLike],
     searches: Iterable[str | os.PathLike],
     workers: Iterable[str | os.PathLike],
+    tunes: Iterable[str | os.PathLike] = (),
     *,
     csv: str | os.PathLike,
     md: str | os.PathLike,
@@ -474,7 +492,7 @@ def write_cost(
 ) -> pd.DataFrame:
     """Rule ``cost``: the cost table (CSV, Markdown with caption), the per-seed CSV and the error-versus-cost
     figure (``figure`` is the path stem; ``.png`` and ``.pdf`` are written). Returns the table."""
-    seeds = seed_costs(runs, searches, workers, threads=threads)
+    seeds = seed_costs(runs, searches, workers, tunes, threads=threads)
     table = cost_table(seeds)
     write_text_atomic(seeds_csv, seeds.to_csv(index=False, lineterminator="\n"))
     write_text_atomic(csv, table.to_csv(index=False, lineterminator="\n"))

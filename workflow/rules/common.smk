@@ -44,6 +44,9 @@ SEARCH_METHODS = [m for m in METHODS if method_info(m).searches]
 PARALLEL_SEARCH = [m for m in SEARCH_METHODS if method_info(m).search_workers]
 SEARCH_PATTERN = "|".join(SEARCH_METHODS) or "(?!)"
 PARALLEL_SEARCH_PATTERN = "|".join(PARALLEL_SEARCH) or "(?!)"
+# Search methods with a hyper-parameter stage (rule tune) between search and retraining.
+TUNE_METHODS = [m for m in SEARCH_METHODS if method_info(m).tunes]
+TUNE_PATTERN = "|".join(TUNE_METHODS) or "(?!)"
 
 _missing = sorted(
     {r for m in SEARCH_METHODS for r in method_info(m).reads} - set(SEARCH_METHODS)
@@ -98,12 +101,15 @@ def search_inputs(wildcards):
 
 
 def retrain_inputs(wildcards):
-    """A retrain job's inputs: the shards, for a search method its searched architecture, and the runs of
-    the configured methods whose retraining it may reuse (MethodInfo.reuses)."""
+    """A retrain job's inputs: the shards, for a search method its searched architecture (and for a tuning
+    one its chosen hyper-parameters), and the runs of the configured methods whose retraining it may reuse
+    (MethodInfo.reuses)."""
     info = method_info(wildcards.method)
     inputs = {"manifest": f"{DATA['shard_dir']}/{wildcards.task}/manifest.json"}
     if info.searches:
         inputs["arch"] = f"{search_dir(wildcards)}/arch.json"
+    if info.tunes:
+        inputs["hparams"] = f"{search_dir(wildcards)}/hparams.json"
     for other in info.reuses:
         if other in METHODS:
             inputs[f"reuse_{other}"] = (
@@ -112,12 +118,12 @@ def retrain_inputs(wildcards):
     return inputs
 
 
-def search_outputs(name):
-    """One file per task x search method x seed, e.g. search_outputs("arch.json")."""
+def search_outputs(name, methods=None):
+    """One file per task x search method (or x one of ``methods``) x seed, e.g. search_outputs("arch.json")."""
     return expand(
         "results/search/{task}/{method}/seed{seed}/{name}",
         task=TASKS,
-        method=SEARCH_METHODS,
+        method=SEARCH_METHODS if methods is None else methods,
         seed=SEEDS,
         name=name,
     )

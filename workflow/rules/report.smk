@@ -147,6 +147,8 @@ rule cost:
         search_benchmarks=search_outputs("benchmark.tsv"),
         workers=[f"{w}.json" for w in SEARCH_WORKERS],
         worker_benchmarks=[f"{w}.benchmark.tsv" for w in SEARCH_WORKERS],
+        tunes=search_outputs("hparams.json", TUNE_METHODS),
+        tune_benchmarks=search_outputs("hparams.benchmark.tsv", TUNE_METHODS),
     output:
         csv=report(
             "results/tables/cost.csv",

@@ -1,5 +1,6 @@
 # Architecture search: one job per task x search method x seed, plus one job per worker of a parallel search.
-# The searched architecture (arch.json) is the input of the method's retrain job. A parallel search's workers
+# The searched architecture (arch.json) is the input of the method's retrain job, and first of its tune job
+# where it has a hyper-parameter stage (hparams.json, also read by the retrain job). A parallel search's workers
 # take jobs from one study; what it finds does not depend on how many run or how they interleave
 # (nb360.search.asha), so they may run side by side, one after the other, or on different nodes.
 
@@ -63,3 +64,36 @@ rule search:
         data_source=DATA["source"],
     script:
         "../../scripts/search.py"
+
+
+rule tune:
+    input:
+        manifest=f"{DATA['shard_dir']}/{{task}}/manifest.json",
+        arch="results/search/{task}/{method}/seed{seed}/arch.json",
+    output:
+        hparams=report(
+            "results/search/{task}/{method}/seed{seed}/hparams.json",
+            caption="../report/hparams.rst",
+            category="Tuned hyper-parameters",
+            subcategory="{method}",
+            labels={"task": "{task}", "method": "{method}", "seed": "{seed}"},
+        ),
+    log:
+        "logs/tune/{task}/{method}/seed{seed}.log",
+    benchmark:
+        "results/search/{task}/{method}/seed{seed}/hparams.benchmark.tsv"
+    wildcard_constraints:
+        method=TUNE_PATTERN,
+    conda:
+        "../../envs/train.yaml"
+    threads: threads_of("tune")
+    resources:
+        gpu=resource_of("tune", "gpu"),
+        mem_mb=resource_of("tune", "mem_mb"),
+        runtime=resource_of("tune", "runtime"),
+    params:
+        budget=TRAIN["budget"],
+        device=TRAIN["device"],
+        data_source=DATA["source"],
+    script:
+        "../../scripts/tune.py"
