@@ -73,7 +73,7 @@ bench-layout: setup  ## CPU training step of the smoke networks: NCHW against ch
 	$(BIN)/python benchmarks/cpu_layout.py
 
 bench-dash: setup  ## DASH's search, selection and retraining against the WRN's training, per task
-	$(BIN)/python benchmarks/dash_cost.py $(BENCH_DASH_ARGS)
+	$(BIN)/python benchmarks/dash_cost.py --archs 'results/search/{task}/dash/seed0/arch.json' $(BENCH_DASH_ARGS)
 
 bench-dag: setup  ## snakemake -n of the full paper grid against a bare Snakemake DAG of the same shape
 	$(BIN)/python benchmarks/dag_overhead.py

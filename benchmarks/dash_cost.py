@@ -5,8 +5,9 @@ For each task, the time per training sample of one step (forward, loss, backward
 
 * DASH's search supernet (WRN-16-1, or the 1D ResNet at DASH's width, every searched convolution a mixture of
   its space; the weight step and the single-level architecture step),
-* DASH's retraining network (WRN-16-4 / the 1D ResNet with kernels and dilations drawn from the space with a
-  fixed seed; the hyper-parameter stage trains the same network),
+* DASH's retraining network (WRN-16-4 / the 1D ResNet with the kernels and dilations of a search's
+  ``arch.json`` where ``--archs`` names one for the task, else drawn from the space with a fixed seed; the
+  hyper-parameter stage trains the same network),
 * the WRN baseline (WRN-16-4 / the 1D ResNet with its own kernels),
 
 on random inputs of the task's shape, then the paper budget's samples of each stage from the real dataset's
@@ -15,7 +16,8 @@ Cosmic and FSD50K; the full grid, an upper bound: DASH stops a learning-rate gro
 fraction of the batches; retraining and WRN 200 epochs of the whole training set. Prints each stage's
 projected hours and the ratio (search + selection + retraining) / WRN training.
 
-    python benchmarks/dash_cost.py [--tasks ninapro satellite] [--batch 8] [--steps 3] [--device cpu]
+    python benchmarks/dash_cost.py [--tasks ninapro satellite] [--batch 8] [--steps 3] [--device cpu] \
+        [--archs results/search/{task}/dash/seed0/arch.json]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +35,7 @@ from torch import nn
 from nb360.methods import dash
 from nb360.methods.wrn import PAPER_BATCH
 from nb360.models import create_model
+from nb360.runs import read_arch
 from nb360.tasks import get_task, list_tasks
 
 
@@ -79,13 +83,25 @@ def hp_fraction(batches: int) -> float:
     return 0.2 if batches < 50 else 0.1 if batches < 100 else 0.05 if batches < 500 else 0.01
 
 
-def measure(task: str, batch: int | None, steps: int, device: str) -> dict[str, float]:
+def retrain_convs(task: str, archs: str | None) -> tuple[list[tuple[int, int]], str]:
+    """The retraining network's (kernel, dilation) per searched convolution, and where they come from: the
+    ``arch.json`` that ``archs`` (a path with ``{task}``) names for ``task``, else a fixed-seed draw."""
+    if archs:
+        path = Path(archs.format(task=task))
+        if path.exists():
+            return [(int(k), int(d)) for k, d in read_arch(path, dash.KIND)["arch"]["convs"]], str(path)
     spec = get_task(task)
-    shape = tuple(spec.input_shape)
     kernels, dilations = dash.space_for(spec)
     rng = np.random.default_rng(0)
     n_convs = 13 if spec.dim == 2 else 9
-    convs = [(int(rng.choice(kernels)), int(rng.choice(dilations))) for _ in range(n_convs)]
+    return [(int(rng.choice(kernels)), int(rng.choice(dilations))) for _ in range(n_convs)], "random"
+
+
+def measure(
+    task: str, batch: int | None, steps: int, device: str, convs: list[tuple[int, int]]
+) -> dict[str, float]:
+    spec = get_task(task)
+    shape = tuple(spec.input_shape)
 
     dash_batch = batch or dash.DASH_BATCH[task]
     wrn_batch = batch or PAPER_BATCH[task]
@@ -121,16 +137,23 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--archs",
+        default=None,
+        help="searched architectures, a path with {task} (e.g. results/search/{task}/dash/seed0/arch.json); "
+        "tasks without one get kernels drawn from the space",
+    )
     args = parser.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(1)
     print(f"device {args.device}; hours at the paper budget, projected from the time per sample of one step")
-    print(f"{'task':<10} {'search':>8} {'select':>8} {'retrain':>8} {'WRN':>8} {'ratio':>6}")
+    print(f"{'task':<10} {'search':>8} {'select':>8} {'retrain':>8} {'WRN':>8} {'ratio':>6}  kernels from")
     for task in args.tasks:
-        h = measure(task, args.batch, args.steps, args.device)
+        convs, source = retrain_convs(task, args.archs)
+        h = measure(task, args.batch, args.steps, args.device, convs)
         print(
             f"{task:<10} {h['search']:8.2f} {h['selection']:8.2f} {h['retrain']:8.2f} {h['wrn']:8.2f} "
-            f"{h['ratio']:6.2f}"
+            f"{h['ratio']:6.2f}  {source}"
         )
 
 
