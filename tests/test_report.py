@@ -187,6 +187,26 @@ def test_paper_table_cells_and_order():
     assert table.loc[("trivial", "ours"), ("darcy", "rel_l2")] == "–"
 
 
+def test_task_specific_methods_are_not_applicable_elsewhere(monkeypatch):
+    """A method of the registry that runs on some tasks only says "n/a" on the others, in its own and in the
+    published row, and the caption explains it; a missing result elsewhere stays a dash."""
+    from nb360.methods import registry
+    from nb360.report.tables import table_caption
+
+    darcy_only = registry.MethodInfo("mynas", "nb360.methods.mynas", "MyNAS", searches=True, tasks=("darcy",))
+    monkeypatch.setattr(registry, "METHODS", (*registry.METHODS, darcy_only))
+    scores = hand_scores()
+    scores = scores[~((scores["method"] == "mynas") & (scores["task"] != "darcy"))]
+    paper = pd.concat([hand_paper(), pd.DataFrame([dict(task="darcy", method="mynas", metric="rel_l2",
+                                                          mean=0.06, std=0.01)])])  # fmt: skip
+    table = paper_table(scores, paper)
+    assert table.loc[("mynas", "ours")].tolist() == ["n/a", "0.050", "n/a", "n/a"]
+    assert table.loc[("mynas", "paper")].tolist() == ["n/a", "0.060 ± 0.010", "n/a", "n/a"]
+    assert table.loc[("gaea", "ours"), ("darcy", "rel_l2")] == "–"
+    assert "n/a: a task-specific method" in table_caption(scores)
+    assert "n/a" not in table_caption(hand_scores().query("method != 'mynas'"))
+
+
 def test_paper_table_rejects_mixed_sources():
     mixed = pd.concat([hand_scores("embedded"), hand_scores("real").assign(seed=lambda d: d.seed + 10)])
     with pytest.raises(ValueError, match="mix data sources"):

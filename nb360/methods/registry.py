@@ -40,6 +40,13 @@ class MethodInfo:
     # configuration is exactly theirs: the same training, which on the CPU gives the same bits, is not run
     # twice (its cost is still charged to this method in the cost table).
     reuses: tuple[str, ...] = ()
+    # The tasks it runs on, where it is task-specific (AMBER: the 1D tasks; Auto-DeepLab: the dense ones);
+    # () = every task. The workflow runs it on no other task, and the table says "not applicable" there.
+    tasks: tuple[str, ...] = ()
+
+    def applies_to(self, task: str) -> bool:
+        """Whether this method runs on ``task`` (a task-specific method runs on its own tasks only)."""
+        return not self.tasks or task in self.tasks
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

@@ -107,8 +107,13 @@ def _source(scores: pd.DataFrame) -> str:
 
 
 def comparison_methods(scores: pd.DataFrame) -> list[str]:
-    """Every method of ``scores`` but the reference (trivial) one, in table order."""
-    return [m for m in method_order(scores["method"]) if family(m) != "reference"]
+    """Every method of ``scores`` but the reference (trivial) one and the task-specific ones (AMBER,
+    Auto-DeepLab: no result on most tasks, so their curve would say nothing), in table order."""
+    return [
+        m
+        for m in method_order(scores["method"])
+        if family(m) != "reference" and not (m in list_methods() and method_info(m).tasks)
+    ]
 
 
 def _panels(

@@ -53,6 +53,7 @@ PUBLISHED_ONLY_TITLES = {
 SECONDARY_METRICS: dict[str, tuple[str, ...]] = {"cosmic": ("fnr_pct",)}
 
 MISSING = "–"  # an en dash marks a cell without a result
+NOT_APPLICABLE = "n/a"  # a task-specific method (MethodInfo.tasks) on a task it does not run on
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,11 @@ def method_title(method: str) -> str:
     if method in list_methods():
         return method_info(method).title
     return PUBLISHED_ONLY_TITLES.get(method, method)
+
+
+def applies(method: str, task: str) -> bool:
+    """Whether ``method`` runs on ``task`` (task-specific methods of the registry run on their tasks only)."""
+    return method not in list_methods() or method_info(method).applies_to(task)
 
 
 def primary_metric(task: str, available: Iterable[str] = ()) -> str:
@@ -292,7 +298,8 @@ def paper_table(scores: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.D
     as columns in the benchmark's order, cells ``"mean ± std"`` over seeds of the task's primary metric.
 
     Index: (method, source) with source "ours" or "paper"; columns: (task, metric). Cells are formatted
-    strings; a missing result is an en dash. ``paper`` defaults to the published numbers shipped here.
+    strings; a missing result is an en dash, a task a task-specific method does not run on "n/a".
+    ``paper`` defaults to the published numbers shipped here.
     """
     scores = validate_scores(scores)
     data_source(scores)
@@ -306,7 +313,9 @@ def paper_table(scores: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.D
         ours = []
         for task, metric in columns:
             key = (task, method, metric)
-            if key in summary.index:
+            if not applies(method, task):
+                ours.append(NOT_APPLICABLE)
+            elif key in summary.index:
                 s = summary.loc[key]
                 ours.append(format_value(s["mean"], s["std"] if s["n_seeds"] > 1 else None, metric))
             else:
@@ -315,12 +324,14 @@ def paper_table(scores: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.D
         theirs = []
         for task, metric in columns:
             key = (task, method, metric)
-            if key in published.index:
+            if not applies(method, task):
+                theirs.append(NOT_APPLICABLE)
+            elif key in published.index:
                 p = published.loc[key]
                 theirs.append(format_value(float(p["mean"]), float(p["std"]), metric))
             else:
                 theirs.append(MISSING)
-        if any(cell != MISSING for cell in theirs):
+        if any(cell not in (MISSING, NOT_APPLICABLE) for cell in theirs):
             rows[(method, "paper")] = theirs
     index = pd.MultiIndex.from_tuples(list(rows), names=["method", "source"])
     cols = pd.MultiIndex.from_tuples(columns, names=["task", "metric"])
@@ -343,6 +354,8 @@ def table_caption(scores: pd.DataFrame, latex: bool = False) -> str:
         'Rows "paper": published numbers (Tu et al., NeurIPS 2022; repository table of June 2022, '
         f"Cosmic {auroc} from the camera-ready). All metrics: lower is better ({arrow})."
     )
+    if any(not applies(m, t) for m in set(scores["method"]) for t in set(scores["task"])):
+        text += " n/a: a task-specific method on a task it does not apply to (as in the paper)."
     if latex:
         # The fixed text has no LaTeX specials besides the math above; only quotes need LaTeX's form.
         text = text.replace('"ours"', "``ours''").replace('"paper"', "``paper''")

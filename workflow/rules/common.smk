@@ -66,15 +66,18 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+def applicable(tasks, methods):
+    """The configured (task, method) pairs a method runs on (MethodInfo.tasks: task-specific methods)."""
+    return [(t, m) for t in tasks for m in methods if method_info(m).applies_to(t)]
+
+
 def run_outputs(name):
     """One file per task x method x seed, e.g. run_outputs("scores.json")."""
-    return expand(
-        "results/runs/{task}/{method}/seed{seed}/{name}",
-        task=TASKS,
-        method=METHODS,
-        seed=SEEDS,
-        name=name,
-    )
+    return [
+        f"results/runs/{t}/{m}/seed{s}/{name}"
+        for t, m in applicable(TASKS, METHODS)
+        for s in SEEDS
+    ]
 
 
 def raw_stamp(wildcards):
@@ -89,7 +92,7 @@ def search_dir(wildcards, method=None):
 
 def search_inputs(wildcards):
     """A search's inputs: the shards, its worker records (parallel search), the searches it reads."""
-    method = method_info(wildcards.method)
+    method = require_applicable(wildcards)
     inputs = {"manifest": f"{DATA['shard_dir']}/{wildcards.task}/manifest.json"}
     if method.search_workers:
         inputs["workers"] = [
@@ -100,11 +103,22 @@ def search_inputs(wildcards):
     return inputs
 
 
+def require_applicable(wildcards):
+    """Stops a job of a task-specific method on another task (asked for by its path) with the reason."""
+    info = method_info(wildcards.method)
+    if not info.applies_to(wildcards.task):
+        raise WorkflowError(
+            f"{wildcards.method} does not apply to {wildcards.task}: it runs on "
+            f"{', '.join(info.tasks)} only (nb360/methods/registry.py); the tables say 'not applicable'"
+        )
+    return info
+
+
 def retrain_inputs(wildcards):
     """A retrain job's inputs: the shards, for a search method its searched architecture (and for a tuning
     one its chosen hyper-parameters), and the runs of the configured methods whose retraining it may reuse
     (MethodInfo.reuses)."""
-    info = method_info(wildcards.method)
+    info = require_applicable(wildcards)
     inputs = {"manifest": f"{DATA['shard_dir']}/{wildcards.task}/manifest.json"}
     if info.searches:
         inputs["arch"] = f"{search_dir(wildcards)}/arch.json"
@@ -120,13 +134,12 @@ def retrain_inputs(wildcards):
 
 def search_outputs(name, methods=None):
     """One file per task x search method (or x one of ``methods``) x seed, e.g. search_outputs("arch.json")."""
-    return expand(
-        "results/search/{task}/{method}/seed{seed}/{name}",
-        task=TASKS,
-        method=SEARCH_METHODS if methods is None else methods,
-        seed=SEEDS,
-        name=name,
-    )
+    methods = SEARCH_METHODS if methods is None else methods
+    return [
+        f"results/search/{t}/{m}/seed{s}/{name}"
+        for t, m in applicable(TASKS, methods)
+        for s in SEEDS
+    ]
 
 
 def threads_of(stage):

@@ -130,13 +130,11 @@ rule figures:
 
 
 # Every worker of every parallel search (paths without the extension of the search_worker rule's files).
-SEARCH_WORKERS = expand(
-    "results/search/{task}/{method}/seed{seed}/worker{worker}",
-    task=TASKS,
-    method=PARALLEL_SEARCH,
-    seed=SEEDS,
-    worker=range(SEARCH["workers"]),
-)
+SEARCH_WORKERS = [
+    f"{w[: -len('.json')]}{i}"
+    for w in search_outputs("worker.json", PARALLEL_SEARCH)
+    for i in range(SEARCH["workers"])
+]
 
 
 rule cost:
