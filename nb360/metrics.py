@@ -229,10 +229,24 @@ def ecg_one_minus_f1(logits: np.ndarray, y: np.ndarray, group: np.ndarray) -> fl
 def deepsea_one_minus_auroc(logits: np.ndarray, y: np.ndarray) -> float:
     """1 - mean per-label ROC-AUC (scikit-learn) on float64 logits; a label whose targets hold a single class
     is skipped with a warning."""
-    logits, y = np.asarray(logits, dtype=np.float64), np.asarray(y)
+    return 1.0 - mean_auroc(logits, y, "deepsea_one_minus_auroc")
+
+
+def mean_auroc(scores: np.ndarray, y: np.ndarray, name: str = "mean_auroc", warn: bool = True) -> float:
+    """Mean per-label ROC-AUC of ``scores`` (N, L) against ``y``: (N, L) binary targets, or (N,) class
+    indices, scored one class against the rest on the softmax of ``scores`` (a class's probability ranks
+    samples; its logit alone would not). Labels whose targets hold a single class are skipped (with a
+    warning if ``warn``)."""
+    scores, y = np.asarray(scores, dtype=np.float64), np.asarray(y)
+    if y.ndim == 1 and scores.ndim == 2:
+        if y.min(initial=0) < 0 or y.max(initial=0) >= scores.shape[1]:
+            raise ValueError(f"{name}: class indices outside 0..{scores.shape[1] - 1}")
+        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+        scores, y = shifted / shifted.sum(axis=1, keepdims=True), np.eye(scores.shape[1])[y]
+    logits = scores
     if logits.shape != y.shape or logits.ndim != 2:
-        raise ValueError(f"deepsea_one_minus_auroc: logits {logits.shape} and targets {y.shape} not (N, L)")
-    _nonempty("deepsea_one_minus_auroc", len(y))
+        raise ValueError(f"{name}: scores {logits.shape} and targets {y.shape} not (N, L)")
+    _nonempty(name, len(y))
     pos = y > 0.5
     aucs, skipped = [], []
     for c in range(y.shape[1]):
@@ -240,14 +254,11 @@ def deepsea_one_minus_auroc(logits: np.ndarray, y: np.ndarray) -> float:
             skipped.append(c)
             continue
         aucs.append(sk_metrics.roc_auc_score(pos[:, c], logits[:, c]))
-    if skipped:
-        warnings.warn(
-            f"deepsea_one_minus_auroc: labels {skipped} have a single class in the targets; skipped",
-            stacklevel=2,
-        )
+    if skipped and warn:
+        warnings.warn(f"{name}: labels {skipped} have a single class in the targets; skipped", stacklevel=3)
     if not aucs:
-        raise ValueError("deepsea_one_minus_auroc: no label has both classes; AUROC is undefined")
-    return float(1.0 - np.mean(aucs))
+        raise ValueError(f"{name}: no label has both classes; AUROC is undefined")
+    return float(np.mean(aucs))
 
 
 # -----------------------------------------------------------------------------------------------------------

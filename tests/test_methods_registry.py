@@ -29,6 +29,7 @@ def test_module_and_registry_entry_agree(name):
     assert method.name == name and method.info == info
     assert method.searches == info.searches
     assert (method.search_worker is not None) == info.search_workers
+    assert (method.tune is not None) == info.tunes
     assert callable(method.retrain) and info.module in sys.modules
     assert method.title == info.title and method.cpu_only == info.cpu_only and method.reads == info.reads
     for other in info.reads:  # a search it reads is a registered search
@@ -49,6 +50,7 @@ def test_every_paper_method_is_registered_in_table_order():
         "gaea",
         "darts",
         "darts2",
+        "amber",
         "dash",  # after the paper's rows
     ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -171,6 +172,23 @@ def _config(wd: Path, **top) -> None:
     cfg = yaml.safe_load((wd / "config.yaml").read_text())
     cfg.update(top)
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_task_specific_methods_run_on_their_tasks_only(tmp_path):
+    """AMBER is configured with tasks it does not apply to: the DAG holds its jobs on ECG only, the other
+    methods run everywhere, DASH gets its tune job, and asking for AMBER on CIFAR-100 says why not."""
+    wd = _workdir(tmp_path)
+    _config(wd, tasks=["cifar100", "ecg"], methods=["trivial", "amber", "dash"], nb201={"tasks": []})
+    proc = _snakemake(wd, "-n", "--cores", "1", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.M))
+    assert (jobs["search"], jobs["tune"], jobs["retrain"]) == ("3", "2", "5")  # amber ecg; dash on both
+    proc = _snakemake(wd, "-n", "--cores", "1", "results/runs/cifar100/amber/seed0/scores.json")
+    assert proc.returncode != 0
+    assert (
+        "amber does not apply to cifar100: it runs on ecg, satellite, deepsea only"
+        in proc.stdout + proc.stderr
+    )
 
 
 @pytest.mark.integration

@@ -153,6 +153,14 @@ METHODS: tuple[MethodInfo, ...] = (
         "DARTS with the unrolled second-order gradient",
         searches=True,
     ),
+    MethodInfo(
+        "amber",
+        "nb360.methods.amber",
+        "AMBER",
+        "ENAS-style search for 1D sequences: an LSTM controller samples ops and skips, AUROC reward",
+        searches=True,
+        tasks=("ecg", "satellite", "deepsea"),
+    ),
     # Not in the paper (designed on NAS-Bench-360 after it): after the paper's rows.
     MethodInfo(
         "dash",

@@ -44,7 +44,6 @@ DATA_SOURCE_CAPTIONS = {
 # Rows of the published table whose methods are not (yet) registered here: their titles, for the published
 # column. Registered methods take title and order from the method registry (nb360/methods/registry.py).
 PUBLISHED_ONLY_TITLES = {
-    "amber": "AMBER",
     "autodeeplab": "Auto-DeepLab",
 }
 
