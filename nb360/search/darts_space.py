@@ -751,16 +751,22 @@ def _check_cell(pairs: Sequence[Sequence[object]], name: str) -> list[tuple[str,
     return out
 
 
-def derive_cell(op_weights: torch.Tensor, edge_weights: torch.Tensor | None = None) -> list[tuple[str, int]]:
-    """DARTS' discretisation of one cell: each edge's weights (times its PC-DARTS edge weight), then per node
-    the 2 incoming edges with the strongest non-``none`` op, each with that op."""
+def derive_cell(
+    op_weights: torch.Tensor, edge_weights: torch.Tensor | None = None, steps: int = STEPS
+) -> list[tuple[str, int]]:
+    """DARTS' discretisation of one cell of ``steps`` nodes (Auto-DeepLab's have 5): each edge's weights
+    (times its PC-DARTS edge weight), then per node the 2 incoming edges with the strongest non-``none`` op,
+    each with that op."""
+    if len(op_weights) != sum(2 + i for i in range(steps)):
+        raise ValueError(f"{len(op_weights)} edges of op weights, but a cell of {steps} nodes has "
+                         f"{sum(2 + i for i in range(steps))}")  # fmt: skip
     w = op_weights.detach().float().cpu().clone()
     if edge_weights is not None:
         w = w * edge_weights.detach().float().cpu()[:, None]
     none = PRIMITIVES.index("none")
     w[:, none] = -float("inf")
     cell, offset = [], 0
-    for i in range(STEPS):
+    for i in range(steps):
         node = w[offset : offset + 2 + i]
         best_w, best_op = node.max(dim=1)
         # Stable order on ties: sort by descending weight, then by input index.
