@@ -83,3 +83,32 @@ def test_five_node_cells_decode_with_the_darts_rule():
     assert all(j < 2 + i for i in range(STEPS) for _, j in cell[2 * i : 2 * i + 2])
     with pytest.raises(ValueError, match="a cell of 4 nodes has 14"):
         derive_cell(weights)
+
+
+def test_padding_to_a_power_of_two_and_cropping_back():
+    from nb360.search.autodeeplab_space import crop_output, pad_input, padded_size
+
+    assert [padded_size(n) for n in (20, 32, 85, 128, 129)] == [32, 32, 128, 128, 256]
+    x = torch.arange(85 * 85, dtype=torch.float32).view(1, 1, 85, 85)
+    padded, crop = pad_input(x)
+    assert padded.shape == (1, 1, 128, 128)
+    assert torch.equal(crop_output(padded, crop), x)  # the original's [22:-21] on Darcy
+
+
+def test_supernet_outputs_every_pixel_and_trains_both_parameter_kinds():
+    """A 2-layer search network on Darcy's 85 x 85 inputs: per-pixel outputs at the input's size, gradients
+    on the cells' weights and on both kinds of architecture parameters, and a decodable architecture."""
+    from nb360.search.autodeeplab_space import Supernet
+
+    torch.manual_seed(0)
+    net = Supernet(3, 1, filters=2, layers=2)
+    out = net(torch.randn(2, 3, 85, 85))
+    assert out.shape == (2, 1, 85, 85)
+    out.square().mean().backward()
+    assert net.alphas.grad.abs().sum() > 0 and net.betas.grad[:, :2].abs().sum() > 0
+    assert set(map(id, net.weight_parameters())).isdisjoint(map(id, net.arch_parameters()))
+    path, cell = net.decode()
+    assert len(path) == 2 and path[0] in (0, 1) and abs(path[1] - path[0]) <= 1
+    assert len(cell) == 2 * STEPS
+    # layer 1 has cells at levels 0..2, fed from the levels of layer 0 one step away
+    assert sorted(k for k in net.cells if k.startswith("1_")) == ["1_0_0", "1_0_1", "1_1_0", "1_1_1", "1_2_1"]

@@ -11,8 +11,12 @@ paper's equation 6). Layer 0 is fed by the stem (level 0). The decoded network i
 probability, the product of its transition weights, found by Viterbi's algorithm (:func:`decode_path`), as
 the original's decoder does.
 
-The cells themselves are DARTS cells with 5 steps (:mod:`nb360.search.darts_space`,
-:func:`~nb360.search.darts_space.derive_cell` with ``steps=STEPS``).
+The cells are DARTS cells of 5 nodes (the edges and ops of :mod:`nb360.search.darts_space`, decoded by
+:func:`~nb360.search.darts_space.derive_cell` with ``steps=STEPS``). :class:`Supernet` is the search network
+(every cell of every reachable level, ASPP heads on all four levels, summed); inputs are zero-padded to a
+power of two and outputs cropped back (:func:`pad_input`). The method that searches and retrains with it is
+not written yet (issue 16): on one CPU core a step of the 12-layer network at 2 filters and batch 2 takes
+about 8 s, most of it the dispatch of some 20,000 small ops.
 """
 
 from __future__ import annotations
@@ -22,10 +26,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+# A module import, not names: nb360.search imports nb360.models.layers, so either package may load first.
+import nb360.search.darts_space as darts
+from nb360.models.layers import batch_norm, conv
 
 LAYERS = 12
 LEVELS = 4
-STEPS = 5  # nodes per cell (the DARTS space's cells have 4); the cell output concatenates them (block 5)
+STEPS = 5  # nodes per cell (the DARTS space's cells have 4)
+BLOCK = 5  # the cell output concatenates the last BLOCK nodes: BLOCK x filters x 2^level channels
 MOVES = (-1, 0, 1)  # to a finer level, stay, to a coarser level: the last axis of betas
 
 
@@ -44,8 +55,9 @@ def normalize_betas(betas: torch.Tensor) -> torch.Tensor:
 
 
 def reachable(layer: int, levels: int = LEVELS) -> range:
-    """Levels a path can be at after ``layer + 1`` moves from the stem (level 0)."""
-    return range(min(layer + 1, levels - 1) + 1)
+    """Levels a path can be at after ``layer + 1`` moves from the stem (level 0; layers before 0 are the
+    stem)."""
+    return range(min(max(layer + 1, 0), levels - 1) + 1)
 
 
 def path_log_prob(weights: np.ndarray | torch.Tensor, path: Sequence[int]) -> float:
@@ -94,3 +106,175 @@ def decode_path(weights: np.ndarray | torch.Tensor) -> list[int]:
         level = int(back[layer, level])
         path.append(level)
     return path[::-1]
+
+
+# ------------------------------------------------------------------------------------------ networks
+#
+# Both networks work on inputs padded to a power of two (at least 32: four halvings below the stem's 1/4);
+# their outputs are cropped back to the input's size (the original padded Darcy's 85 x 85 to 128 and cropped).
+
+
+def padded_size(size: int) -> int:
+    """The side an input of ``size`` is zero-padded to: the next power of two, at least 32."""
+    return max(32, 1 << (size - 1).bit_length())
+
+
+def pad_input(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``x`` zero-padded on every spatial side to :func:`padded_size` (as evenly as possible, the extra
+    element after), and the crop that undoes it on an output of the padded size."""
+    sides: list[int] = []
+    crop: list[int] = []
+    for n in reversed(x.shape[2:]):  # F.pad lists the last axis first
+        total = padded_size(n) - n
+        sides += [total // 2, total - total // 2]
+    for n in x.shape[2:]:
+        total = padded_size(n) - n
+        crop += [total // 2, total // 2 + n]
+    return F.pad(x, sides), tuple(crop)
+
+
+def crop_output(out: torch.Tensor, crop: Sequence[int]) -> torch.Tensor:
+    index = [slice(None), slice(None)] + [slice(crop[2 * i], crop[2 * i + 1]) for i in range(out.dim() - 2)]
+    return out[tuple(index)]
+
+
+def resample(c_in: int, c_out: int, move: int, dim: int, affine: bool) -> nn.Module:
+    """A state of the neighbouring level brought to this one with ``c_out`` channels: a factorised
+    reduction from the finer level (``move`` +1), a 1 x 1 ReLU-conv-BN from the same level (0), or bilinear
+    upsampling by 2 and a 1 x 1 ReLU-conv-BN from the coarser one (-1)."""
+    if move == 1:
+        return darts.FactorizedReduce(c_in, c_out, dim, affine)
+    same = darts.ReLUConvBN(c_in, c_out, 1, 1, dim, affine)
+    return same if move == 0 else nn.Sequential(Upsample(2.0), same)
+
+
+class Upsample(nn.Module):
+    def __init__(self, scale: float | None = None):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+        mode = "linear" if x.dim() == 3 else "bilinear"
+        if size is not None:
+            return F.interpolate(x, size=tuple(size), mode=mode, align_corners=False)
+        return F.interpolate(x, scale_factor=self.scale, mode=mode, align_corners=False)
+
+
+class SearchCell(nn.Module):
+    """A cell of the search network: :data:`STEPS` nodes, node ``i`` the sum of mixed DARTS edges (weights
+    ``alphas``, shared by every cell) from the two inputs and the earlier nodes; output the concatenation of
+    the nodes. Its previous-layer input comes from level ``s - move`` (resampled); the one of two layers
+    before, from the same level where that level existed then (``c_pp`` channels), else the previous-layer
+    input stands in for it (``c_pp`` None)."""
+
+    def __init__(self, c_pp: int | None, c_p: int, c: int, move: int, dim: int):
+        super().__init__()
+        self.preprocess0 = darts.ReLUConvBN(c_pp, c, 1, 1, dim, affine=False) if c_pp else None
+        self.preprocess1 = resample(c_p, c, move, dim, affine=False)
+        self.edges = nn.ModuleList(darts.MixedOp(c, 1, dim, k=1) for i in range(STEPS) for _ in range(2 + i))
+
+    def forward(self, s0: torch.Tensor | None, s1: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+        s1 = self.preprocess1(s1)
+        if self.preprocess0 is None or s0 is None:
+            states = [s1, s1]
+        else:
+            s0 = self.preprocess0(s0)
+            s1 = s1[(..., *(slice(0, n) for n in s0.shape[2:]))]  # odd sizes: reductions round up
+            states = [s0, s1]
+        offset = 0
+        for i in range(STEPS):
+            states.append(sum(self.edges[offset + j](h, alphas[offset + j]) for j, h in enumerate(states)))
+            offset += 2 + i
+        return torch.cat(states[2:], dim=1)
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling (DeepLab): a 1 x 1 branch, a 3 x 3 branch dilated by ``rate`` and
+    an image-pooling branch, concatenated and projected to ``c_out`` channels."""
+
+    def __init__(self, c_in: int, c_mid: int, c_out: int, rate: int, dim: int):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Sequential(conv(dim, c_in, c_mid, k, dilation=d), batch_norm(dim, c_mid), nn.ReLU())
+            for k, d in ((1, 1), (3, rate))
+        )
+        self.image = nn.Sequential(conv(dim, c_in, c_mid, 1), nn.ReLU())
+        self.project = conv(dim, 3 * c_mid, c_out, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.image(x.flatten(2).mean(-1).view(*x.shape[:2], *[1] * (x.dim() - 2)))
+        parts = [b(x) for b in self.branches] + [pooled.expand(-1, -1, *x.shape[2:])]
+        return self.project(torch.cat(parts, dim=1))
+
+
+ASPP_RATES = (24, 12, 6, 3)  # per level, as the original's for its 96-pixel crops
+
+
+class Supernet(nn.Module):
+    """Auto-DeepLab's search network for ``(B, in_channels, H, W)`` inputs and per-pixel outputs.
+
+    Stem: 3 x 3 stride 2, 3 x 3, 3 x 3 stride 2 (to level 0, ``BLOCK * filters`` channels). Layer ``l``
+    holds a cell at every reachable level ``s`` for every level ``p`` it can be fed from; its state is
+    ``sum_p w[l, p, s - p] * cell(state[l - 2, s], state[l - 1, p])`` with ``w`` the normalised betas (the
+    stem is the state of layers -1 and -2). Every level of the last layer goes through its ASPP head; the
+    heads' outputs, upsampled to the input, are summed. ``alphas`` (edges x DARTS ops) and ``betas``
+    (layers x levels x 3) are the architecture parameters.
+    """
+
+    def __init__(
+        self, in_channels: int, num_outputs: int, *, filters: int = 8, layers: int = LAYERS, dim: int = 2
+    ):
+        super().__init__()
+        self.n_layers = layers
+        width = [BLOCK * filters * 2**s for s in range(LEVELS)]  # a level's state channels
+        self.stem = nn.Sequential(
+            conv(dim, in_channels, width[0] // 2, 3, stride=2), batch_norm(dim, width[0] // 2), nn.ReLU(),
+            conv(dim, width[0] // 2, width[0] // 2, 3), batch_norm(dim, width[0] // 2), nn.ReLU(),
+            conv(dim, width[0] // 2, width[0], 3, stride=2), batch_norm(dim, width[0]), nn.ReLU(),
+        )  # fmt: skip
+        self.cells = nn.ModuleDict()
+        for layer in range(layers):
+            for s in reachable(layer):
+                for move in MOVES:
+                    if (p := s - move) in reachable(layer - 1):
+                        c_pp = width[s] if s in reachable(layer - 2) else None
+                        self.cells[f"{layer}_{s}_{p}"] = SearchCell(c_pp, width[p], filters * 2**s, move, dim)
+        self.heads = nn.ModuleList(
+            ASPP(width[s], width[0], num_outputs, ASPP_RATES[s], dim) for s in range(LEVELS)
+        )
+        n_edges = sum(2 + i for i in range(STEPS))
+        self.alphas = nn.Parameter(1e-3 * torch.randn(n_edges, len(darts.PRIMITIVES)))
+        self.betas = nn.Parameter(1e-3 * torch.randn(layers, LEVELS, len(MOVES)))
+        self.upsample = Upsample()
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alphas, self.betas]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if n not in ("alphas", "betas")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, crop = pad_input(x)
+        alphas, w = torch.softmax(self.alphas, dim=-1), normalize_betas(self.betas)
+        stem = self.stem(x)
+        prevprev: dict[int, torch.Tensor] = {0: stem}
+        prev: dict[int, torch.Tensor] = {0: stem}
+        for layer in range(self.n_layers):
+            cur: dict[int, torch.Tensor] = {}
+            for s in reachable(layer):
+                terms = [
+                    w[layer, p, s - p + 1] * self.cells[f"{layer}_{s}_{p}"](prevprev.get(s), prev[p], alphas)
+                    for p in prev
+                    if f"{layer}_{s}_{p}" in self.cells
+                ]
+                cur[s] = torch.stack(terms).sum(0)
+            prevprev, prev = prev, cur
+        out = torch.stack([self.upsample(self.heads[s](h), x.shape[2:]) for s, h in prev.items()]).sum(0)
+        return crop_output(out, crop)
+
+    def decode(self) -> tuple[list[int], list[tuple[str, int]]]:
+        """The decoded architecture: the most probable path and the cell (DARTS' rule on 5 nodes)."""
+        with torch.no_grad():
+            path = decode_path(normalize_betas(self.betas))
+            cell = darts.derive_cell(torch.softmax(self.alphas, dim=-1), steps=STEPS)
+        return path, cell
