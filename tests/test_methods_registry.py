@@ -51,6 +51,7 @@ def test_every_paper_method_is_registered_in_table_order():
         "darts",
         "darts2",
         "amber",
+        "autodeeplab",
         "dash",  # after the paper's rows
     ]
 

@@ -161,6 +161,14 @@ METHODS: tuple[MethodInfo, ...] = (
         searches=True,
         tasks=("ecg", "satellite", "deepsea"),
     ),
+    MethodInfo(
+        "autodeeplab",
+        "nb360.methods.autodeeplab",
+        "Auto-DeepLab",
+        "hierarchical search for dense prediction: DARTS cells and their path over four resolutions",
+        searches=True,
+        tasks=("darcy", "psicov", "cosmic"),
+    ),
     # Not in the paper (designed on NAS-Bench-360 after it): after the paper's rows.
     MethodInfo(
         "dash",

@@ -50,11 +50,18 @@ class EvalCell(nn.Module):
         reduction: bool,
         reduction_prev: bool,
         dim: int,
+        preprocess: tuple[nn.Module, nn.Module] | None = None,
     ) -> None:
+        """``preprocess``: the modules that bring the two inputs to ``c`` channels, where the caller's
+        network needs others than DARTS' (Auto-DeepLab's resample between resolutions)."""
         super().__init__()
         self.reduction = reduction
-        self.preprocess0 = space.cell_preprocess(c_pp, c, dim, reduction_prev, affine=True)
-        self.preprocess1 = space.cell_preprocess(c_p, c, dim, False, affine=True)
+        if preprocess is None:
+            preprocess = (
+                space.cell_preprocess(c_pp, c, dim, reduction_prev, affine=True),
+                space.cell_preprocess(c_p, c, dim, False, affine=True),
+            )
+        self.preprocess0, self.preprocess1 = preprocess
         self.inputs = [j for _, j in pairs]
         self.concat = list(concat)
         self.ops = nn.ModuleList(
@@ -64,7 +71,7 @@ class EvalCell(nn.Module):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        for i in range(space.STEPS):
+        for i in range(len(self.inputs) // 2):  # two ops per node
             node = 0
             for n in (2 * i, 2 * i + 1):
                 h = self.ops[n](states[self.inputs[n]])

@@ -43,9 +43,7 @@ DATA_SOURCE_CAPTIONS = {
 
 # Rows of the published table whose methods are not (yet) registered here: their titles, for the published
 # column. Registered methods take title and order from the method registry (nb360/methods/registry.py).
-PUBLISHED_ONLY_TITLES = {
-    "autodeeplab": "Auto-DeepLab",
-}
+PUBLISHED_ONLY_TITLES: dict[str, str] = {}
 
 # Extra columns shown after a task's primary metric when the scores carry them: Cosmic's FNR is what the
 # June-2022 repository table reported before the camera-ready switched to 1 − AUROC.

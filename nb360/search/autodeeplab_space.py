@@ -278,3 +278,84 @@ class Supernet(nn.Module):
             path = decode_path(normalize_betas(self.betas))
             cell = darts.derive_cell(torch.softmax(self.alphas, dim=-1), steps=STEPS)
         return path, cell
+
+
+class Resize(nn.Module):
+    """A state of level ``source`` brought to level ``target`` (bilinear, by a power of two: the padded
+    inputs make every level's size exact), then a 1 x 1 ReLU-conv-BN to ``c_out`` channels: the decoded
+    network's input of two layers before, whose level may differ by two."""
+
+    def __init__(self, c_in: int, c_out: int, source: int, target: int, dim: int):
+        super().__init__()
+        self.scale = 2.0 ** (source - target)
+        self.upsample = Upsample(self.scale)
+        self.project = darts.ReLUConvBN(c_in, c_out, 1, 1, dim, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(self.upsample(x) if self.scale != 1 else x)
+
+
+class DecodedNetwork(nn.Module):
+    """The network Auto-DeepLab decodes, retrained from scratch: the stem, one cell per layer at the level
+    of ``path`` (the searched ``cell``: 5 nodes, two ops each; the previous layer's state resampled from its
+    level, the one of two layers before resized), then ASPP on the last state and DeepLab v3+'s decoder
+    (the stem's features projected to 48 channels, concatenated with the ASPP output upsampled to them, two
+    3 x 3 conv-BN-ReLU of ``decoder`` channels, a 1 x 1 classifier), upsampled to the padded input and
+    cropped back to the input."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_outputs: int,
+        path: Sequence[int],
+        cell: Sequence[tuple[str, int]],
+        *,
+        filters: int = 32,
+        aspp: int = 256,
+        decoder: int = 256,
+        dim: int = 2,
+    ):
+        super().__init__()
+        from nb360.models.darts_eval import EvalCell  # nb360.models imports this module
+
+        if len(cell) != 2 * STEPS:
+            raise ValueError(f"a cell of {STEPS} nodes lists {2 * STEPS} ops, got {len(cell)}")
+        if not math.isfinite(path_log_prob(normalize_betas(torch.zeros(len(path), LEVELS, 3)), path)):
+            raise ValueError(f"{list(path)} is not a path of the space (from level 0, one level per layer)")
+        self.path = list(path)
+        width = [BLOCK * filters * 2**s for s in range(LEVELS)]
+        self.stem = nn.Sequential(
+            conv(dim, in_channels, width[0] // 2, 3, stride=2), batch_norm(dim, width[0] // 2), nn.ReLU(),
+            conv(dim, width[0] // 2, width[0] // 2, 3), batch_norm(dim, width[0] // 2), nn.ReLU(),
+            conv(dim, width[0] // 2, width[0], 3, stride=2), batch_norm(dim, width[0]), nn.ReLU(),
+        )  # fmt: skip
+        levels = [0, 0, *self.path]  # the stem stands for layers -2 and -1
+        cells = []
+        for layer, s in enumerate(self.path):
+            pp, p = levels[layer], levels[layer + 1]
+            c = filters * 2**s
+            pre = (Resize(width[pp], c, pp, s, dim), resample(width[p], c, s - p, dim, affine=True))
+            cells.append(
+                EvalCell(list(cell), list(range(2, 2 + STEPS)), width[pp], width[p], c, reduction=False,
+                         reduction_prev=False, dim=dim, preprocess=pre)
+            )  # fmt: skip
+        self.cells = nn.ModuleList(cells)
+        last = width[self.path[-1]]
+        self.aspp = ASPP(last, aspp, aspp, ASPP_RATES[self.path[-1]], dim)
+        self.low = nn.Sequential(conv(dim, width[0], 48, 1), batch_norm(dim, 48), nn.ReLU())
+        self.decoder = nn.Sequential(
+            conv(dim, aspp + 48, decoder, 3), batch_norm(dim, decoder), nn.ReLU(),
+            conv(dim, decoder, decoder, 3), batch_norm(dim, decoder), nn.ReLU(),
+            conv(dim, decoder, num_outputs, 1, bias=True),
+        )  # fmt: skip
+        self.upsample = Upsample()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, crop = pad_input(x)
+        stem = self.stem(x)
+        s0 = s1 = stem
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, 0.0)
+        y = self.upsample(self.aspp(s1), stem.shape[2:])
+        y = self.decoder(torch.cat([y, self.low(stem)], dim=1))
+        return crop_output(self.upsample(y, x.shape[2:]), crop)

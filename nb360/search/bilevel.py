@@ -79,6 +79,7 @@ class ArchStep(FitHook):
         xi: float | None = None,
         every: int = 1,
         forward_kwargs: Mapping[str, Any] | None = None,
+        betas: tuple[float, float] = (0.5, 0.999),
     ) -> None:
         if update not in ("eg", "adam", "darts2"):
             raise ValueError(f"update must be 'eg', 'adam' or 'darts2', not {update!r}")
@@ -86,6 +87,7 @@ class ArchStep(FitHook):
         self.subset, self.batch_size, self.weight_decay = subset, batch_size, weight_decay
         self.objective, self.xi, self.every = objective, xi, every
         self.forward_kwargs = dict(forward_kwargs or {})
+        self.betas = betas  # Adam's (DARTS: 0.5, 0.999; Auto-DeepLab: 0.9, 0.999)
         self.updates = 0  # architecture steps taken (logged in each epoch's record)
 
     def setup(self, state: FitState) -> None:
@@ -100,7 +102,7 @@ class ArchStep(FitHook):
             self.optimizer: torch.optim.Optimizer = ExpGrad(self.arch_params, lr=self.lr)
         else:
             self.optimizer = torch.optim.Adam(
-                self.arch_params, lr=self.lr, betas=(0.5, 0.999), weight_decay=self.weight_decay
+                self.arch_params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay
             )
         cfg = state.cfg
         self.loader = make_loader(

@@ -69,8 +69,9 @@ class TrainConfig:
     optimizer: Literal["sgd", "adamw", "adam", "rmsprop", "ranger"] = "sgd"
     # "step": x gamma at the milestones (the WRN protocol); "cosine": cosine annealing to lr_min over the
     # epochs (DARTS, DenseNAS); "constant": no schedule (Perceiver IO); "plateau": x gamma once the
-    # validation loss has not improved for ``patience`` epochs (needs keep_best_val_loss, which computes it).
-    schedule: Literal["step", "cosine", "constant", "plateau"] = "step"
+    # validation loss has not improved for ``patience`` epochs (needs keep_best_val_loss, which computes it);
+    # "poly": x (1 - epoch / epochs) ** 0.9 (DeepLab, Auto-DeepLab's retraining).
+    schedule: Literal["step", "cosine", "constant", "plateau", "poly"] = "step"
     milestones: tuple[float, ...] = (0.3, 0.6, 0.8)  # fractions of the epochs
     gamma: float = 0.2
     lr_min: float = 0.0
@@ -369,12 +370,16 @@ def make_scheduler(
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max, eta_min=cfg.lr_min)
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
+    if cfg.schedule == "poly":
+        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=cfg.epochs, power=0.9)
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, factor=cfg.gamma, patience=cfg.patience, min_lr=cfg.lr_min
         )
     if cfg.schedule != "step":
-        raise ValueError(f"schedule must be 'step', 'cosine', 'constant' or 'plateau', not {cfg.schedule!r}")
+        raise ValueError(
+            f"schedule must be 'step', 'cosine', 'constant', 'plateau' or 'poly', not {cfg.schedule!r}"
+        )
     milestones = sorted(
         {max(1, math.ceil(f * cfg.epochs)) for f in cfg.milestones if f * cfg.epochs < cfg.epochs}
     )

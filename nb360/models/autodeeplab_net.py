@@ -1,0 +1,36 @@
+"""Auto-DeepLab's networks (:mod:`nb360.search.autodeeplab_space`) for a dense 2D task: registered as
+``autodeeplab_search`` (the search network; ``filters``, ``layers``) and ``autodeeplab_net`` (a decoded
+architecture: ``path``, ``cell``, ``filters``, ``aspp``, ``decoder``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+# A module import, not names: nb360.search imports nb360.models.layers, so either package may load first.
+import nb360.search.autodeeplab_space as space
+from nb360.models.registry import register_model
+
+if TYPE_CHECKING:
+    from nb360.tasks.base import TaskSpec
+
+
+def _check(spec: TaskSpec) -> None:
+    if spec.dim != 2 or spec.output_kind != "dense":
+        raise ValueError(f"{spec.name}: Auto-DeepLab's space is for dense prediction on 2D inputs")
+
+
+@register_model("autodeeplab_search")
+def autodeeplab_search(spec: TaskSpec, **kwargs: Any) -> nn.Module:
+    _check(spec)
+    return space.Supernet(spec.input_shape[0], spec.num_outputs, **kwargs)
+
+
+@register_model("autodeeplab_net")
+def autodeeplab_net(spec: TaskSpec, *, path: Any, cell: Any, **kwargs: Any) -> nn.Module:
+    _check(spec)
+    pairs = [(str(op), int(j)) for op, j in cell]
+    return space.DecodedNetwork(
+        spec.input_shape[0], spec.num_outputs, [int(s) for s in path], pairs, **kwargs
+    )
