@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
+from nb360.methods import wrn
 from nb360.methods.base import Method, RunContext, SearchResult, register_method
 from nb360.methods.budgets import check_budget, smoke_validation
 from nb360.methods.wrn import SMOKE as WRN_SMOKE
@@ -147,7 +148,9 @@ def retrain(ctx: RunContext) -> RunResult:
     w = WRN_SMOKE[spec.name]
     cfg = TrainConfig(
         epochs=w.epochs if smoke and not b.retrain_epochs else b.retrain_epochs,
-        lr=0.05,
+        # the smoke budget's: the WRN's smoke learning rate of the task (0.05 diverged on PSICOV's distances
+        # and left Cosmic at the prior in so few steps)
+        lr=wrn.smoke_config(spec.name).lr if smoke else 0.05,
         batch_size=b.retrain_batch or w.batch_size or 8,
         nesterov=False,
         weight_decay=1e-4,
