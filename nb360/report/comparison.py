@@ -46,6 +46,7 @@ from nb360.report.tables import (
     metric_format,
     primary_metric,
     task_order,
+    task_specific,
     task_title,
     validate_scores,
 )
@@ -109,11 +110,7 @@ def _source(scores: pd.DataFrame) -> str:
 def comparison_methods(scores: pd.DataFrame) -> list[str]:
     """Every method of ``scores`` but the reference (trivial) one and the task-specific ones (AMBER,
     Auto-DeepLab: no result on most tasks, so their curve would say nothing), in table order."""
-    return [
-        m
-        for m in method_order(scores["method"])
-        if family(m) != "reference" and not (m in list_methods() and method_info(m).tasks)
-    ]
+    return [m for m in method_order(scores["method"]) if family(m) != "reference" and not task_specific(m)]
 
 
 def _panels(

@@ -44,6 +44,7 @@ from nb360.report.tables import (
     primary_metric,
     primary_metrics,
     task_order,
+    task_specific,
     task_title,
     validate_scores,
     write_text_atomic,
@@ -206,7 +207,11 @@ def draw_profiles(ax: Any, ratios: pd.DataFrame, colours: Mapping[str, str]) -> 
 def performance_profiles(
     scores: pd.DataFrame, out_stem: str | os.PathLike, methods: Sequence[str] | None = None
 ) -> list[Path]:
-    """Dolan–Moré performance profiles over the tasks in ``scores`` (PNG and PDF); returns the paths."""
+    """Dolan–Moré performance profiles over the tasks in ``scores`` (PNG and PDF); returns the paths.
+    ``methods`` defaults to every method of ``scores`` but the task-specific ones, whose curve would only
+    say that they have no result on most tasks."""
+    if methods is None:
+        methods = [m for m in method_order(scores["method"]) if not task_specific(m)]
     ratios = profile_ratios(scores, methods)
     with mpl.rc_context(STYLE):
         fig = new_figure(6.5, 4.0)

@@ -119,6 +119,11 @@ def method_title(method: str) -> str:
     return PUBLISHED_ONLY_TITLES.get(method, method)
 
 
+def task_specific(method: str) -> bool:
+    """Whether ``method`` is a registered method that runs on some tasks only (AMBER, Auto-DeepLab)."""
+    return method in list_methods() and bool(method_info(method).tasks)
+
+
 def applies(method: str, task: str) -> bool:
     """Whether ``method`` runs on ``task`` (task-specific methods of the registry run on their tasks only)."""
     return method not in list_methods() or method_info(method).applies_to(task)
