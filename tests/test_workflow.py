@@ -263,6 +263,7 @@ def test_default_dag_on_three_tasks_writes_scores_tables_figures_and_report(tmp_
         "data_source",
     ]
     assert set(scores.task) == {"ninapro", "darcy", "satellite"} and set(scores.method) == set(methods)
+    assert set(scores[scores.method == "amber"].task) == {"satellite"}  # task-specific
     assert np.isfinite(scores.value).all() and (scores.data_source == "embedded").all()
     best = scores.pivot_table(index="task", columns="method", values="value")
     assert (best["wrn"] < best["trivial"]).all(), best
@@ -301,10 +302,13 @@ def _check_searched_architectures_were_retrained(wd: Path, tasks: list[str], met
     from nb360.train import count_params
 
     searched = [m for m in methods if get_method(m).searches]
-    assert {"gaea", "random_search", "densenas", "densenas_random", "wrn_asha"} <= set(searched)
+    assert {"gaea", "random_search", "densenas", "densenas_random", "wrn_asha", "amber"} <= set(searched)
     for task in tasks:
         spec = get_task(task)
         for method in searched:
+            if not get_method(method).info.applies_to(task):  # AMBER on ECG, Satellite, DeepSEA only
+                assert not (wd / f"results/search/{task}/{method}").exists(), (task, method)
+                continue
             body = read_arch(wd / f"results/search/{task}/{method}/seed0/arch.json")
             assert body["task"] == task and body["method"] == method and body["summary"]
             run_dir = wd / f"results/runs/{task}/{method}/seed0"
@@ -320,6 +324,8 @@ def _check_searched_architectures_were_retrained(wd: Path, tasks: list[str], met
             elif body["kind"] == "densenas_arch":
                 model = create_model("densenas_net", spec, arch=DenseArch.from_dict(arch))
                 assert count_params(model) == params, (task, method)
+            elif body["kind"] == "amber_arch":  # the parameter count its search implied
+                assert arch["params"] == params, (task, method)
             else:  # WRN hyperparameters: the retraining started at the searched learning rate
                 assert body["kind"] == "wrn_hparams"
                 history = json.loads((run_dir / "history.json").read_text())
