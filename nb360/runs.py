@@ -138,19 +138,38 @@ def write_arch(
     atomic_write_text(path, json.dumps(body, indent=1) + "\n")
 
 
-def read_arch(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
-    """The architecture record of ``path``; ``kind``: the format the caller can build (checked)."""
-    path = Path(path)
+def job_meta(ctx: Any, method: str, data_source: str, placement: Any) -> dict[str, Any]:
+    """What every job's record says about its run: task, method, seed, budget, data source and placement
+    (``ctx`` a :class:`~nb360.methods.RunContext`, ``placement`` a :class:`~nb360.devices.Placement`)."""
+    return {
+        "task": ctx.task.name,
+        "method": method,
+        "seed": ctx.seed,
+        "budget": ctx.budget,
+        "data_source": data_source,
+        "placement": placement.record(),
+    }
+
+
+def _read_record(path: Path, fmt: str, what: str, missing: str, rerun: str) -> dict[str, Any]:
+    """A JSON record of format ``fmt`` (an nb360 ``what`` file); a missing file says ``missing``, an
+    unreadable one to delete it and ``rerun``."""
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: no searched architecture; run the method's search first (snakemake {path})"
-        )
+        raise FileNotFoundError(f"{path}: {missing} (snakemake {path})")
     try:
         body = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete it and rerun the search") from e
-    if not isinstance(body, dict) or body.get("format") != ARCH_FORMAT:
-        raise ValueError(f"{path} is not an nb360 architecture file (format {ARCH_FORMAT!r} expected)")
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it and rerun {rerun}") from e
+    if not isinstance(body, dict) or body.get("format") != fmt:
+        raise ValueError(f"{path} is not an nb360 {what} file (format {fmt!r} expected)")
+    return body
+
+
+def read_arch(path: str | os.PathLike, kind: str | None = None) -> dict[str, Any]:
+    """The architecture record of ``path``; ``kind``: the format the caller can build (checked)."""
+    path = Path(path)
+    missing = "no searched architecture; run the method's search first"
+    body = _read_record(path, ARCH_FORMAT, "architecture", missing, "the search")
     if kind is not None and body.get("kind") != kind:
         raise ValueError(
             f"{path} holds a {body.get('kind')!r} architecture, but {kind!r} is needed: "
@@ -170,16 +189,8 @@ def read_hparams(path: str | os.PathLike, keys: Iterable[str] = ()) -> dict[str,
     """The record of ``path`` (:func:`write_hparams`); ``keys``: the hyper-parameters the caller needs
     (checked), so a file of another method or version stops the job instead of training with defaults."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: no tuned hyper-parameters; run the method's tune stage first (snakemake {path})"
-        )
-    try:
-        body = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete it and rerun the tune stage") from e
-    if not isinstance(body, dict) or body.get("format") != HPARAMS_FORMAT:
-        raise ValueError(f"{path} is not an nb360 hyper-parameter file (format {HPARAMS_FORMAT!r} expected)")
+    missing = "no tuned hyper-parameters; run the method's tune stage first"
+    body = _read_record(path, HPARAMS_FORMAT, "hyper-parameter", missing, "the tune stage")
     hparams = body.get("hparams")
     missing = [k for k in keys if not isinstance(hparams, dict) or k not in hparams]
     if missing:
@@ -187,3 +198,13 @@ def read_hparams(path: str | os.PathLike, keys: Iterable[str] = ()) -> dict[str,
             f"{path}: hyper-parameter(s) {', '.join(missing)} missing; delete it and rerun the tune stage"
         )
     return body
+
+
+def check_implied_params(path: str | os.PathLike, implied: int, built: int) -> None:
+    """Stops a retraining whose network (``built`` parameters) is not the one its ``arch.json`` implies
+    (``implied``, recorded by the search): the file was searched under another budget or version."""
+    if built != implied:
+        raise ValueError(
+            f"{path}: the architecture implies {implied} parameters, the retraining network has {built}: "
+            "it was searched under another budget; rerun the search"
+        )

@@ -9,7 +9,7 @@ from nb360.attempts import job_attempt
 from nb360.devices import claim_device, job_device
 from nb360.logs import log_to
 from nb360.methods import RunContext, get_method
-from nb360.runs import write_run
+from nb360.runs import job_meta, write_run
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 # The device is claimed inside the log, so waiting for a GPU or failing to get one is logged; every attempt
@@ -31,12 +31,5 @@ with (
         inputs={k.removeprefix("reuse_"): Path(v) for k, v in smk.input.items() if k.startswith("reuse_")},
     )
     result = get_method(smk.wildcards.method).retrain(ctx)
-    meta = {
-        "task": ctx.task.name,
-        "method": smk.wildcards.method,
-        "seed": ctx.seed,
-        "budget": ctx.budget,
-        "data_source": smk.params.data_source,
-        "placement": placement.record(),
-    }
+    meta = job_meta(ctx, smk.wildcards.method, smk.params.data_source, placement)
     write_run(result, smk.output.scores, smk.output.history, meta)

@@ -9,7 +9,7 @@ from nb360.attempts import job_attempt
 from nb360.devices import claim_device, job_device
 from nb360.logs import log_to
 from nb360.methods import RunContext, get_method
-from nb360.runs import write_arch, write_search_history
+from nb360.runs import job_meta, write_arch, write_search_history
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 # The device is claimed inside the log, so waiting for a GPU or failing to get one is logged; every attempt
@@ -29,14 +29,7 @@ with (
         workers=smk.params.workers,
     )
     result = method.search(ctx)
-    meta = {
-        "task": ctx.task.name,
-        "method": method.name,
-        "seed": ctx.seed,
-        "budget": ctx.budget,
-        "data_source": smk.params.data_source,
-        "placement": placement.record(),
-    }
+    meta = job_meta(ctx, method.name, smk.params.data_source, placement)
     write_search_history(result, smk.output.history, meta)
     search = {"seconds": result.seconds, "device": result.device}
     write_arch(result.kind, result.arch, result.summary, smk.output.arch, meta, search)

@@ -9,7 +9,7 @@ from nb360.attempts import job_attempt
 from nb360.devices import claim_device, job_device
 from nb360.logs import log_to
 from nb360.methods import RunContext, get_method
-from nb360.runs import write_hparams
+from nb360.runs import job_meta, write_hparams
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 # As in scripts/search.py: the device is claimed inside the log, and every attempt is recorded for the cost.
@@ -24,12 +24,5 @@ with (
         smk, Path(smk.output.hparams).parent / "tune", device=placement.device, arch=Path(smk.input.arch)
     )
     result = method.tune(ctx)
-    meta = {
-        "task": ctx.task.name,
-        "method": method.name,
-        "seed": ctx.seed,
-        "budget": ctx.budget,
-        "data_source": smk.params.data_source,
-        "placement": placement.record(),
-    }
+    meta = job_meta(ctx, method.name, smk.params.data_source, placement)
     write_hparams(result, smk.output.hparams, meta)

@@ -27,11 +27,11 @@ import torch
 from nb360 import metrics
 from nb360.data.loader import make_loader
 from nb360.data.shards import read_manifest
-from nb360.methods.base import Method, RunContext, SearchResult, register_method
+from nb360.methods.base import Method, RunContext, SearchResult, register_method, require_task
 from nb360.methods.budgets import check_budget, smoke_validation
 from nb360.methods.wrn import SMOKE as WRN_SMOKE
 from nb360.models import create_model
-from nb360.runs import read_arch
+from nb360.runs import check_implied_params, read_arch
 from nb360.search.amber_space import AmberArch, Controller, ControllerConfig, reinforce_update
 from nb360.tasks import TaskSpec
 from nb360.train import RunResult, TrainConfig, fit, seed_everything
@@ -40,7 +40,6 @@ from nb360.train.loop import FitHook, FitState, count_params, predict
 log = logging.getLogger(__name__)
 
 KIND = "amber_arch"
-TASKS = ("ecg", "satellite", "deepsea")
 
 
 @dataclass(frozen=True)
@@ -175,14 +174,9 @@ def _retrain_network(spec: TaskSpec, arch: AmberArch, b: AmberBudget) -> torch.n
     )  # fmt: skip
 
 
-def _check_task(spec: TaskSpec) -> None:
-    if spec.name not in TASKS:
-        raise ValueError(f"AMBER runs on {', '.join(TASKS)} (as in the paper), not on {spec.name}")
-
-
 def search(ctx: RunContext) -> SearchResult:
     spec, b = ctx.task, budget_for(ctx.budget)
-    _check_task(spec)
+    require_task("amber", spec)
     smoke = check_budget(ctx.budget) == "smoke"
     start = time.perf_counter()
     seed_everything(ctx.seed)
@@ -214,16 +208,12 @@ def retrain(ctx: RunContext) -> RunResult:
     if ctx.arch is None:
         raise ValueError(f"{ctx.task.name}: retraining an AMBER network needs its arch.json")
     spec, b = ctx.task, budget_for(ctx.budget)
-    _check_task(spec)
+    require_task("amber", spec)
     body = read_arch(ctx.arch, KIND)["arch"]
     arch = AmberArch.from_json(body)
     seed_everything(ctx.seed)
     model = _retrain_network(spec, arch, b)
-    if count_params(model) != body["params"]:
-        raise ValueError(
-            f"{ctx.arch}: the architecture implies {body['params']} parameters, the retraining network has "
-            f"{count_params(model)}: it was searched under another budget; rerun the search"
-        )
+    check_implied_params(ctx.arch, body["params"], count_params(model))
     smoke = check_budget(ctx.budget) == "smoke"
     w = WRN_SMOKE[spec.name]
     cfg = TrainConfig(

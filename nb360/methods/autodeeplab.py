@@ -24,11 +24,11 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from nb360.methods import wrn
-from nb360.methods.base import Method, RunContext, SearchResult, register_method
+from nb360.methods.base import Method, RunContext, SearchResult, register_method, require_task
 from nb360.methods.budgets import check_budget, smoke_validation
 from nb360.methods.wrn import SMOKE as WRN_SMOKE
 from nb360.models import create_model
-from nb360.runs import read_arch
+from nb360.runs import check_implied_params, read_arch
 from nb360.search.bilevel import ArchStep
 from nb360.tasks import TaskSpec
 from nb360.train import RunResult, TrainConfig, fit, seed_everything
@@ -37,7 +37,6 @@ from nb360.train.loop import count_params
 log = logging.getLogger(__name__)
 
 KIND = "autodeeplab_arch"
-TASKS = ("darcy", "psicov", "cosmic")
 
 
 @dataclass(frozen=True)
@@ -87,11 +86,6 @@ def budget_for(budget: str) -> AutoDeepLabBudget:
     return PAPER if check_budget(budget) == "paper" else SMOKE
 
 
-def _check_task(spec: TaskSpec) -> None:
-    if spec.name not in TASKS:
-        raise ValueError(f"Auto-DeepLab runs on {', '.join(TASKS)} (as in the paper), not on {spec.name}")
-
-
 def _network(spec: TaskSpec, arch: dict, b: AutoDeepLabBudget) -> nn.Module:
     return create_model(
         "autodeeplab_net", spec, path=arch["path"], cell=arch["cell"], filters=b.retrain_filters,
@@ -101,7 +95,7 @@ def _network(spec: TaskSpec, arch: dict, b: AutoDeepLabBudget) -> nn.Module:
 
 def search(ctx: RunContext) -> SearchResult:
     spec, b = ctx.task, budget_for(ctx.budget)
-    _check_task(spec)
+    require_task("autodeeplab", spec)
     start = time.perf_counter()
     seed_everything(ctx.seed)
     model = create_model("autodeeplab_search", spec, filters=b.search_filters, layers=b.layers)
@@ -135,15 +129,11 @@ def retrain(ctx: RunContext) -> RunResult:
     if ctx.arch is None:
         raise ValueError(f"{ctx.task.name}: retraining an Auto-DeepLab network needs its arch.json")
     spec, b = ctx.task, budget_for(ctx.budget)
-    _check_task(spec)
+    require_task("autodeeplab", spec)
     arch = read_arch(ctx.arch, KIND)["arch"]
     seed_everything(ctx.seed)
     model = _network(spec, arch, b)
-    if count_params(model) != arch["params"]:
-        raise ValueError(
-            f"{ctx.arch}: the architecture implies {arch['params']} parameters, the retraining network has "
-            f"{count_params(model)}: it was searched under another budget; rerun the search"
-        )
+    check_implied_params(ctx.arch, arch["params"], count_params(model))
     smoke = check_budget(ctx.budget) == "smoke"
     w = WRN_SMOKE[spec.name]
     cfg = TrainConfig(

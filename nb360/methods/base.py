@@ -159,6 +159,15 @@ def register_method(method: Method) -> Method:
     return method
 
 
+def require_task(method: str, task: TaskSpec) -> None:
+    """Stops a task-specific method (its registry entry's ``tasks``) called on another task."""
+    info = method_info(method)
+    if not info.applies_to(task.name):
+        raise ValueError(
+            f"{info.title} runs on {', '.join(info.tasks)} (as in the paper), not on {task.name}"
+        )
+
+
 def get_method(name: str) -> Method:
     """The method ``name``, importing the module its registry entry names on first use."""
     info = method_info(name)  # KeyError naming the registered methods

@@ -175,12 +175,9 @@ class SearchCell(nn.Module):
 
     def forward(self, s0: torch.Tensor | None, s1: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
         s1 = self.preprocess1(s1)
-        if self.preprocess0 is None or s0 is None:
-            states = [s1, s1]
-        else:
-            s0 = self.preprocess0(s0)
-            s1 = s1[(..., *(slice(0, n) for n in s0.shape[2:]))]  # odd sizes: reductions round up
-            states = [s0, s1]
+        # padded inputs halve exactly at every level, so both inputs have the same size
+        h0 = s1 if self.preprocess0 is None or s0 is None else self.preprocess0(s0)
+        states = [h0, s1]
         offset = 0
         for i in range(STEPS):
             states.append(sum(self.edges[offset + j](h, alphas[offset + j]) for j, h in enumerate(states)))
