@@ -153,9 +153,12 @@ def test_search_writes_an_arch_that_retraining_builds_with_its_parameter_count(
     result = get_method("amber").retrain(replace(ctx, arch=tmp_path / "arch.json", workdir=tmp_path / "rt"))
     assert result.params == found.arch["params"] == count_params(amber._retrain_network(spec, arch, tiny))
     assert all(np.isfinite(v) for v in result.metrics.values())
-    # The search is a function of the seed: run again from scratch, the same architecture.
+    # The search is a function of the seed: run again from scratch, the same architecture; run again on its
+    # finished checkpoint (a job rerun after its last epoch), the same result without training.
     again = get_method("amber").search(replace(ctx, workdir=tmp_path / "again"))
     assert again.arch == found.arch
+    resumed = get_method("amber").search(ctx)
+    assert resumed.arch == found.arch and resumed.history == found.history
 
 
 def test_retraining_refuses_an_arch_of_another_budget(embedded, tmp_path):

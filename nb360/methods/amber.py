@@ -152,7 +152,10 @@ class ControllerStep(FitHook):
         return max(self.scored, key=lambda r: r["reward"])  # the first of equals: a function of the seed
 
     def state_dict(self) -> dict[str, Any]:
+        arch = self.state.model.arch
         return {
+            # the child's current architecture: a run resumed after its last epoch evaluates with it
+            "arch": arch.to_json() if arch is not None else None,
             "controller": self.controller.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
@@ -165,6 +168,8 @@ class ControllerStep(FitHook):
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.baseline, self.scored = state["baseline"], list(state["scored"])
+        if state.get("arch") is not None:
+            self.state.model.arch = AmberArch.from_json(state["arch"])
 
 
 def _retrain_network(spec: TaskSpec, arch: AmberArch, b: AmberBudget) -> torch.nn.Module:
