@@ -112,3 +112,26 @@ def test_supernet_outputs_every_pixel_and_trains_both_parameter_kinds():
     assert len(cell) == 2 * STEPS
     # layer 1 has cells at levels 0..2, fed from the levels of layer 0 one step away
     assert sorted(k for k in net.cells if k.startswith("1_")) == ["1_0_0", "1_0_1", "1_1_0", "1_1_1", "1_2_1"]
+
+
+def test_search_cells_run_batched_as_the_darts_loop():
+    """The search network's cells run as the DARTS space's batched cell (5 nodes); in float64, outputs and
+    every gradient equal those of the edge-by-edge loop on the same parameters."""
+    from nb360.search.autodeeplab_space import Supernet
+
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        nets.append(Supernet(3, 1, filters=2, layers=3).double())
+    assert {c.impl for c in nets[1].cells.values()} == {"batched"}  # the default
+    for cell in nets[0].cells.values():
+        cell.impl = "loop"
+    x = torch.randn(2, 3, 40, 40, dtype=torch.float64)
+    outs = [net(x) for net in nets]
+    for out in outs:
+        out.square().sum().backward()
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-12)
+    grads = [{n: p.grad for n, p in net.named_parameters() if p.grad is not None} for net in nets]
+    assert grads[0].keys() == grads[1].keys() and {"alphas", "betas"} <= grads[0].keys()
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-9, atol=1e-11, msg=name)

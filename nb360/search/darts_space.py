@@ -363,15 +363,16 @@ def _total(terms: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _edge_index(source: int, node: int) -> int:
-    """Index among the 14 edges of the edge from state ``source`` (0, 1: cell inputs) into ``node``."""
+    """Index among a cell's edges (14 for 4 nodes) of the edge from state ``source`` (0, 1: cell inputs)
+    into ``node``."""
     return sum(2 + i for i in range(node)) + source
 
 
-def _edge_groups() -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+def _edge_groups(steps: int = STEPS) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """(sources, nodes): the edges that read the same states and can run together as soon as those exist:
     the two cell inputs into every node, then each node into the later ones."""
-    groups = [((0, 1), tuple(range(STEPS)))]
-    groups += [((2 + i,), tuple(range(i + 1, STEPS))) for i in range(STEPS - 1)]
+    groups = [((0, 1), tuple(range(steps)))]
+    groups += [((2 + i,), tuple(range(i + 1, steps))) for i in range(steps - 1)]
     return groups
 
 
@@ -387,13 +388,15 @@ def cell_preprocess(c_in: int, c_out: int, dim: int, reduce: bool, affine: bool)
 
 
 class SearchCell(nn.Module):
-    """A supernet cell: 4 nodes, node ``i`` the beta-weighted sum of mixed edges from the two cell inputs and
-    nodes ``< i``; output the concatenation of the 4 nodes (``4C`` channels).
+    """A supernet cell: ``steps`` nodes (4 in the DARTS space), node ``i`` the beta-weighted sum of mixed
+    edges from the two cell inputs and nodes ``< i``; output the concatenation of the nodes (``steps * C``
+    channels). A space whose cells read their inputs otherwise (Auto-DeepLab's) builds the cell with
+    ``preprocess=False``, preprocesses the inputs itself and calls :meth:`mix`.
 
     ``impl="loop"`` runs edge by edge and op by op (DARTS / PC-DARTS as published). ``impl="batched"``
     computes the same function from the same parameters, the edges that read the same states together (the
-    two cell inputs into all 4 nodes, then each node into the later ones: 4 groups): the pooling ops, the
-    identity skip and the PC-DARTS bypass once per state (on identical inputs they are identical on every
+    two cell inputs into all nodes, then each node into the later ones: ``steps`` groups): the pooling ops,
+    the identity skip and the PC-DARTS bypass once per state (on identical inputs they are identical on every
     edge), the convolution ops of all the group's edges stacked along channels (depthwise kernels
     concatenated, pointwise convolutions as one grouped convolution, batch norms as one, the weights
     ``beta_e * alpha_eo`` applied as that batch norm's scale), summed into each node at once. Everything
@@ -412,30 +415,45 @@ class SearchCell(nn.Module):
         dim: int,
         k: int,
         impl: Impl = "batched",
+        steps: int = STEPS,
+        preprocess: bool = True,
     ) -> None:
         super().__init__()
         if impl not in _IMPLS:
             raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
-        self.reduction, self.dim, self.k, self.impl = reduction, check_dim(dim), k, impl
-        self.preprocess0 = cell_preprocess(c_pp, c, dim, reduction_prev, affine=False)
-        self.preprocess1 = cell_preprocess(c_p, c, dim, False, affine=False)
+        self.reduction, self.dim, self.k, self.impl, self.steps = reduction, check_dim(dim), k, impl, steps
+        if preprocess:
+            self.preprocess0 = cell_preprocess(c_pp, c, dim, reduction_prev, affine=False)
+            self.preprocess1 = cell_preprocess(c_p, c, dim, False, affine=False)
         self.edges = nn.ModuleList(
-            MixedOp(c, 2 if reduction and j < 2 else 1, dim, k) for i in range(STEPS) for j in range(2 + i)
+            MixedOp(c, 2 if reduction and j < 2 else 1, dim, k) for i in range(steps) for j in range(2 + i)
         )
         # The edges in the batched path's order (group after group, source-major), as a tensor that moves
         # with the module: one gather per cell instead of an index built on the host per group.
-        order = [_edge_index(s, t) for sources, nodes in _edge_groups() for s in sources for t in nodes]
+        order = [_edge_index(s, t) for sources, nodes in _edge_groups(steps) for s in sources for t in nodes]
         self.register_buffer("batched_order", torch.tensor(order), persistent=False)
 
     def forward(
         self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, edge_weights: torch.Tensor
     ) -> torch.Tensor:
         if self.impl == "batched":
-            out = self._forward_batched(s0, s1, weights, edge_weights)
+            h0 = _preprocess_batched(self.preprocess0, _lift(s0))
+            h1 = _preprocess_batched(self.preprocess1, _lift(s1))
+        else:
+            h0, h1 = self.preprocess0(s0), self.preprocess1(s1)
+        return self.mix(h0, h1, weights, edge_weights)
+
+    def mix(
+        self, h0: torch.Tensor, h1: torch.Tensor, weights: torch.Tensor, edge_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """The cell's nodes from its preprocessed inputs ``h0``, ``h1`` (``C`` channels each): the op
+        weights ``weights`` (edges x ops) and ``edge_weights`` (edges)."""
+        if self.impl == "batched":
+            out = self._forward_batched(_lift(h0), _lift(h1), weights, edge_weights)
             return out.squeeze(2) if self.dim == 1 else out
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        states = [h0, h1]
         offset = 0
-        for i in range(STEPS):
+        for i in range(self.steps):
             n = 2 + i
             node = sum(
                 edge_weights[offset + j] * self.edges[offset + j](h, weights[offset + j])
@@ -446,19 +464,16 @@ class SearchCell(nn.Module):
         return torch.cat(states[2:], dim=1)
 
     def _forward_batched(
-        self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, edge_weights: torch.Tensor
+        self, h0: torch.Tensor, h1: torch.Tensor, weights: torch.Tensor, edge_weights: torch.Tensor
     ) -> torch.Tensor:
-        states = [
-            _preprocess_batched(self.preprocess0, _lift(s0)),
-            _preprocess_batched(self.preprocess1, _lift(s1)),
-        ]
+        states = [h0, h1]  # preprocessed, lifted, channels-last
         # The loop weighs op o of edge e by w[e, o], then the edge by beta[e]: one factor per (edge, op).
         betas = edge_weights.index_select(0, self.batched_order)
         coef = betas[:, None] * weights.index_select(0, self.batched_order)
-        through: list[list[torch.Tensor]] = [[] for _ in range(STEPS)]  # per node: (B, *S, c) parts
-        bypass: list[list[torch.Tensor]] = [[] for _ in range(STEPS)]
+        through: list[list[torch.Tensor]] = [[] for _ in range(self.steps)]  # per node: (B, *S, c) parts
+        bypass: list[list[torch.Tensor]] = [[] for _ in range(self.steps)]
         start = 0
-        for sources, nodes in _edge_groups():
+        for sources, nodes in _edge_groups(self.steps):
             xs, end = [states[s] for s in sources], start + len(sources) * len(nodes)
             parts, bypass_parts = self._group(xs, sources, nodes, coef[start:end].T, betas[start:end])
             start = end
