@@ -129,3 +129,30 @@ def test_the_layers_scatter_added_kernel_is_the_padded_sum(dim):
     probs = torch.softmax(torch.randn(9, dtype=torch.float64), 0)
     expected = aggregate_kernel(list(op.weights), probs, [d for _, d in op.candidates], op.size, dim)
     torch.testing.assert_close(op.kernel(probs), expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("use_fft", [False, True])
+def test_a_kernel_wider_than_the_input_is_cropped_to_the_taps_that_reach_it(dim, stride, use_fft):
+    """A mixture wider than its input (a 121-wide kernel on an 8 x 8 map) applies only the taps that can
+    reach the input: outputs and every gradient equal the full kernel's direct convolution in float64, on
+    a map narrower than the kernel along one axis and wider along the other."""
+    from nb360.search.dash_space import reachable_sides
+
+    assert reachable_sides(121, (8, 32)) == (15, 63) and reachable_sides(121, (80,)) == (121,)
+    torch.manual_seed(2)
+    op = MixedConv(dim, 3, 4, (3, 5), (1, 7), stride=stride, use_fft=use_fft).double()
+    assert op.size == 29
+    spatial = (6, 40) if dim == 2 else (9,)
+    x = torch.randn(2, 3, *spatial, dtype=torch.float64, requires_grad=True)
+    probs = torch.softmax(torch.randn(4, dtype=torch.float64), 0)
+    op.eval()
+    with torch.no_grad():
+        op.alpha.copy_(probs.log())
+    out = op(x)
+    full = CONV[dim](x, op.kernel(), stride=stride, padding=op.size // 2)
+    torch.testing.assert_close(out, full, rtol=1e-10, atol=1e-12)
+    grads = [torch.autograd.grad(y.square().sum(), [x, op.alpha, *op.weights]) for y in (out, full)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

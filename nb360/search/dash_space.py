@@ -76,14 +76,19 @@ def aggregate_kernel(
 
 
 def fft_conv(
-    x: torch.Tensor, weight: torch.Tensor, padding: int, stride: int = 1, groups: int = 1
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    padding: int | Sequence[int],
+    stride: int = 1,
+    groups: int = 1,
 ) -> torch.Tensor:
     """``F.conv{1,2}d(x, weight, padding=padding, stride=stride, groups=groups)`` computed by FFT: the
     cross-correlation is a product of spectra, which costs the same for every kernel size (the mixture's
-    kernels reach 121 x 121 in 2D and 271 in 1D)."""
+    kernels reach 121 x 121 in 2D and 271 in 1D). ``padding``: one for every axis, or one per axis."""
     dim = x.dim() - 2
-    if padding:
-        x = F.pad(x, (padding, padding) * dim)
+    pads = (padding,) * dim if isinstance(padding, int) else tuple(padding)
+    if any(pads):
+        x = F.pad(x, [p for q in reversed(pads) for p in (q, q)])  # F.pad lists the last axis first
     spatial = x.shape[2:]
     k = weight.shape[2:]
     axes = tuple(range(2, 2 + dim))
@@ -99,6 +104,20 @@ def fft_conv(
     y = torch.fft.irfftn(fy, s=spatial, dim=axes)
     valid = tuple(slice(kk - 1, n, stride) for kk, n in zip(k, spatial, strict=True))
     return y[(slice(None), slice(None), *valid)].contiguous()
+
+
+def reachable_sides(size: int, spatial: Sequence[int]) -> tuple[int, ...]:
+    """Per axis, the side of the centre of a ``size`` kernel ("same" padding: ``size // 2`` on each side, any
+    stride) whose taps can reach an input of ``spatial``: a tap ``t`` positions from the centre reads
+    position ``o + t`` for outputs at ``o`` in ``[0, n)``, so one with ``|t| >= n`` reads only padding."""
+    return tuple(min(size, 2 * n - 1) for n in spatial)
+
+
+def crop_centred(weight: torch.Tensor, sides: Sequence[int]) -> torch.Tensor:
+    """The centred ``sides`` part of an odd-sized kernel (out, in, *k)."""
+    index = [slice(None), slice(None)]
+    index += [slice((k - s) // 2, (k + s) // 2) for k, s in zip(weight.shape[2:], sides, strict=True)]
+    return weight[tuple(index)]
 
 
 class MixedConv(nn.Module):
@@ -166,9 +185,12 @@ class MixedConv(nn.Module):
         return flat.view(*w0.shape[:2], *(self.size,) * self.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.kernel()
-        padding = self.size // 2
-        use_fft = self.use_fft if self.use_fft is not None else prefer_fft(x, self.size)
+        # Only the taps that can reach the input take part (exactly the same output): a 121-wide kernel on
+        # an 8 x 8 map is a 15 x 15 one, and the FFT's size shrinks with it.
+        sides = reachable_sides(self.size, x.shape[2:])
+        weight = crop_centred(self.kernel(), sides)
+        padding = tuple(side // 2 for side in sides)
+        use_fft = self.use_fft if self.use_fft is not None else prefer_fft(x, math.prod(sides))
         if use_fft:
             out = fft_conv(x, weight.to(x.dtype), padding, self.stride, self.groups)
         else:
@@ -222,10 +244,10 @@ def to_supernet(
     return mixed
 
 
-def prefer_fft(x: torch.Tensor, size: int) -> bool:
-    """Whether the FFT path is the faster one: direct convolution costs ~ size^dim multiply-adds per output
-    and channel pair, the FFT's product one per frequency (plus transforms of ~ log(length) per element), so
-    large mixed kernels go by FFT (DASH's default) and small ones directly."""
-    dim = x.dim() - 2
+def prefer_fft(x: torch.Tensor, taps: int) -> bool:
+    """Whether the FFT path is the faster one for a kernel of ``taps`` taps (``size ** dim``): direct
+    convolution costs ~ taps multiply-adds per output and channel pair, the FFT's product one per frequency
+    (plus transforms of ~ log(length) per element), so large mixed kernels go by FFT (DASH's default) and
+    small ones directly."""
     length = math.prod(x.shape[2:])
-    return size**dim > 8 * math.log2(max(length, 2))
+    return taps > 8 * math.log2(max(length, 2))
