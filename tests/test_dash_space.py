@@ -138,9 +138,11 @@ def test_a_kernel_wider_than_the_input_is_cropped_to_the_taps_that_reach_it(dim,
     """A mixture wider than its input (a 121-wide kernel on an 8 x 8 map) applies only the taps that can
     reach the input: outputs and every gradient equal the full kernel's direct convolution in float64, on
     a map narrower than the kernel along one axis and wider along the other."""
-    from nb360.search.dash_space import reachable_sides
+    from nb360.models.layers import crop_to_input
 
-    assert reachable_sides(121, (8, 32)) == (15, 63) and reachable_sides(121, (80,)) == (121,)
+    cropped, padding = crop_to_input(torch.zeros(1, 1, 121, 121), (1, 1), (8, 32))
+    assert cropped.shape[2:] == (15, 63) and padding == (7, 31)
+    assert crop_to_input(torch.zeros(1, 1, 121), (1,), (80,))[0].shape[2:] == (121,)
     torch.manual_seed(2)
     op = MixedConv(dim, 3, 4, (3, 5), (1, 7), stride=stride, use_fft=use_fft).double()
     assert op.size == 29

@@ -439,3 +439,37 @@ def test_trivial_darcy_is_decoded_like_a_network(embedded) -> None:
     decoded = darcy.decode_output(out, normaliser, fit)
     mean = torch.cat([b["y"] for b in batches]).double().mean(dim=0)
     assert torch.allclose(decoded[0].double(), mean, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_reaching_convolution_is_the_full_kernels_convolution(dim, stride):
+    """A kernel whose dilated taps overhang a small map applies only the taps that reach it: outputs and
+    gradients equal the full kernel's in float64 (taps cut on the short axis, kept on the long one)."""
+    from nb360.models.layers import ReachingConv1d, ReachingConv2d, conv
+
+    torch.manual_seed(0)
+    full = conv(dim, 3, 4, 9, stride=stride, dilation=5).double()
+    reaching = conv(dim, 3, 4, 9, stride=stride, dilation=5, reaching=True).double()
+    assert isinstance(reaching, (ReachingConv1d, ReachingConv2d)) and type(full) is not type(reaching)
+    reaching.load_state_dict(full.state_dict())
+    x = torch.randn(2, 3, *((7, 30) if dim == 2 else (11,)), dtype=torch.float64)
+    outs = [m(x) for m in (full, reaching)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    grads = [torch.autograd.grad(o.square().sum(), m.weight)[0] for o, m in zip(outs, (full, reaching))]
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
+    short_axis = 2  # the first spatial axis: 7 or 11 long, where taps 2 or 3 steps of 5 out read only padding
+    assert grads[1].select(short_axis, 0).abs().sum() == 0 and grads[1].select(short_axis, 4).abs().sum() > 0
+
+
+def test_only_chosen_kernels_are_built_as_reaching_convolutions():
+    from nb360.models.layers import ReachingConv1d, ReachingConv2d
+
+    reaching = (ReachingConv1d, ReachingConv2d)
+    for task in ("cifar100", "satellite"):
+        spec = get_task(task)
+        default = create_model("wrn", spec, width=0.25)
+        assert not any(isinstance(m, reaching) for m in default.modules())
+        convs = [(9, 7)] + [(3, 1)] * (len(default.searched_convs()) - 1)
+        chosen = create_model("wrn", spec, width=0.25, convs=convs)
+        assert sum(isinstance(m, reaching) for m in chosen.modules()) == 1

@@ -59,10 +59,13 @@ class PreActBlock(nn.Module):
         super().__init__()
         (k1, d1), (k2, d2) = kernels
         self.bn1 = batch_norm(dim, in_channels)
-        self.conv1 = conv(dim, in_channels, out_channels, k1, stride=stride, dilation=d1)
+        # a chosen (DASH) kernel applies only its taps that reach the input (the same numbers, cheaper)
+        self.conv1 = conv(
+            dim, in_channels, out_channels, k1, stride=stride, dilation=d1, reaching=(k1, d1) != (3, 1)
+        )
         self.bn2 = batch_norm(dim, out_channels)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = conv(dim, out_channels, out_channels, k2, dilation=d2)
+        self.conv2 = conv(dim, out_channels, out_channels, k2, dilation=d2, reaching=(k2, d2) != (3, 1))
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = (
             conv(dim, in_channels, out_channels, 1, stride=stride) if in_channels != out_channels else None
@@ -114,7 +117,8 @@ class WideResNet(nn.Module):
         widths = (16 * widen, 32 * widen, 64 * widen)
         strides = (1, 1, 1) if dense else (1, 2, 2)
         self.dense = dense
-        self.stem = conv(dim, in_channels, 16, convs[0][0], dilation=convs[0][1])
+        k, d = convs[0]
+        self.stem = conv(dim, in_channels, 16, k, dilation=d, reaching=(k, d) != (3, 1))
         groups: list[nn.Module] = []
         channels = 16
         pairs = iter(convs[1:])

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nb360.models.layers import CONV_TYPES, check_dim
+from nb360.models.layers import CONV_TYPES, check_dim, crop_to_input
 
 # (kernels, dilations) of DASH's spaces (task_configs.py): 2D tasks, NinaPro's small maps, 1D tasks.
 SPACE_2D = ((3, 5, 7, 9), (1, 3, 7, 15))
@@ -106,20 +106,6 @@ def fft_conv(
     return y[(slice(None), slice(None), *valid)].contiguous()
 
 
-def reachable_sides(size: int, spatial: Sequence[int]) -> tuple[int, ...]:
-    """Per axis, the side of the centre of a ``size`` kernel ("same" padding: ``size // 2`` on each side, any
-    stride) whose taps can reach an input of ``spatial``: a tap ``t`` positions from the centre reads
-    position ``o + t`` for outputs at ``o`` in ``[0, n)``, so one with ``|t| >= n`` reads only padding."""
-    return tuple(min(size, 2 * n - 1) for n in spatial)
-
-
-def crop_centred(weight: torch.Tensor, sides: Sequence[int]) -> torch.Tensor:
-    """The centred ``sides`` part of an odd-sized kernel (out, in, *k)."""
-    index = [slice(None), slice(None)]
-    index += [slice((k - s) // 2, (k + s) // 2) for k, s in zip(weight.shape[2:], sides, strict=True)]
-    return weight[tuple(index)]
-
-
 class MixedConv(nn.Module):
     """DASH's aggregated convolution over (kernel, dilation) candidates, ``dim``-dimensional, "same"
     padding of the largest field, any stride."""
@@ -187,10 +173,8 @@ class MixedConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Only the taps that can reach the input take part (exactly the same output): a 121-wide kernel on
         # an 8 x 8 map is a 15 x 15 one, and the FFT's size shrinks with it.
-        sides = reachable_sides(self.size, x.shape[2:])
-        weight = crop_centred(self.kernel(), sides)
-        padding = tuple(side // 2 for side in sides)
-        use_fft = self.use_fft if self.use_fft is not None else prefer_fft(x, math.prod(sides))
+        weight, padding = crop_to_input(self.kernel(), (1,) * self.dim, x.shape[2:])
+        use_fft = self.use_fft if self.use_fft is not None else prefer_fft(x, math.prod(weight.shape[2:]))
         if use_fft:
             out = fft_conv(x, weight.to(x.dtype), padding, self.stride, self.groups)
         else:
