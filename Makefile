@@ -13,7 +13,7 @@ snakemake = $(BIN)/snakemake $(1) --workflow-profile workflow/profiles/default -
 	$(if $(filter-out 0,$(GPUS)),--resources gpu=$(GPUS))
 
 .PHONY: setup setup-slurm run run-slurm data test test-unit lint format report bench-loader bench-train \
-	bench-supernet bench-dag bench-layout bench-dash lock clean
+	bench-supernet bench-dag bench-layout bench-dash bench-dash-crop lock clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,9 @@ bench-layout: setup  ## CPU training step of the smoke networks: NCHW against ch
 
 bench-dash: setup  ## DASH's search, selection and retraining against the WRN's training, per task
 	$(BIN)/python benchmarks/dash_cost.py --archs 'results/search/{task}/dash/seed0/arch.json' $(BENCH_DASH_ARGS)
+
+bench-dash-crop: setup  ## DASH's search step: kernels cropped to the taps that reach the input against full ones
+	$(BIN)/python benchmarks/dash_crop.py
 
 bench-dag: setup  ## snakemake -n of the full paper grid against a bare Snakemake DAG of the same shape
 	$(BIN)/python benchmarks/dag_overhead.py
