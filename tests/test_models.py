@@ -456,7 +456,10 @@ def test_a_reaching_convolution_is_the_full_kernels_convolution(dim, stride):
     x = torch.randn(2, 3, *((7, 30) if dim == 2 else (11,)), dtype=torch.float64)
     outs = [m(x) for m in (full, reaching)]
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
-    grads = [torch.autograd.grad(o.square().sum(), m.weight)[0] for o, m in zip(outs, (full, reaching))]
+    grads = [
+        torch.autograd.grad(o.square().sum(), m.weight)[0]
+        for o, m in zip(outs, (full, reaching), strict=True)
+    ]
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
     short_axis = 2  # the first spatial axis: 7 or 11 long, where taps 2 or 3 steps of 5 out read only padding
     assert grads[1].select(short_axis, 0).abs().sum() == 0 and grads[1].select(short_axis, 4).abs().sum() > 0
