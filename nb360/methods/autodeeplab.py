@@ -69,8 +69,8 @@ PAPER = AutoDeepLabBudget(
 # Smoke: two search epochs of 2 batches of 2 at 2 filters (a weight step of the 12-layer search network is
 # about 3.5 s on one core, a weight and an architecture step twice that), the architecture updated in the
 # second, validated on one batch of 2 (the search validates for its record only: the decoding reads the
-# weights); the decoded network at 2 filters (ASPP and decoder 16) for the WRN's smoke epochs. About 30 s of
-# search and 10 s of retraining per task.
+# weights); the decoded network at 2 filters (ASPP and decoder 16) for the WRN's smoke epochs. About 40 s of
+# search and 10 s of retraining per task (measured: 41-45 s and 8-10 s).
 SMOKE_SEARCH_VALIDATION = {"eval_batch_size": 2, "max_eval_batches": 1}
 SMOKE = AutoDeepLabBudget(
     search_epochs=2,
