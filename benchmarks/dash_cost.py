@@ -72,10 +72,11 @@ def seconds_per_sample(
     return (time.perf_counter() - t0) / (steps * batch)
 
 
-# Training items where the task registry documents none (its real_counts leave them unchecked): FSD50K's clip
-# count and the ECG challenge's recordings. Every stage scales with it alike; it only picks DASH's fraction of
-# the batches for the hyper-parameter stage.
-TRAIN_FALLBACK = {"fsd50k": 36_796, "ecg": 8_528}
+# Training samples where the task registry documents no item count (its real_counts leave them unchecked):
+# FSD50K trains on one chunk per clip (36,796 clips), ECG on windows (261,740 in search mode, nb360.md 1.1;
+# not its 8,528 recordings). Every stage scales with it alike; it only picks DASH's fraction of the batches
+# for the hyper-parameter stage.
+TRAIN_FALLBACK = {"fsd50k": 36_796, "ecg": 261_740}
 
 
 def hp_fraction(batches: int) -> float:

@@ -1,5 +1,5 @@
-"""DASH's search step with the aggregated kernels cropped to the taps that reach the input (the default,
-``nb360.models.layers.crop_to_input``) against the full kernels, same weights, one run.
+"""DASH's search step with the aggregated kernels built from the taps that reach the input only (the default,
+``MixedConv.reaching_kernel``) against the full kernels, same weights, one run.
 
 A step is the forward, loss and backward of DASH's search supernet (WRN-16-1 / the 1D ResNet, every searched
 convolution a mixture of its space) on random inputs of the task's shape. The full-kernel variant applies the
@@ -24,16 +24,16 @@ from nb360.tasks import get_task
 
 
 def _full_kernel(
-    weight: torch.Tensor, dilation: tuple[int, ...], spatial: tuple[int, ...]
+    self: dash_space.MixedConv, spatial: tuple[int, ...], probs: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """``crop_to_input`` that keeps every tap (DASH's own mixture)."""
-    return weight, tuple(d * (k - 1) // 2 for d, k in zip(dilation, weight.shape[2:], strict=True))
+    """``reaching_kernel`` that keeps every tap (DASH's own mixture): the whole kernel, centred padding."""
+    return self.kernel(probs), ((self.size - 1) // 2,) * self.dim
 
 
 def step(model: torch.nn.Module, x: torch.Tensor, full: bool) -> tuple[float, torch.Tensor]:
-    saved = dash_space.crop_to_input
+    saved = dash_space.MixedConv.reaching_kernel
     if full:
-        dash_space.crop_to_input = _full_kernel
+        dash_space.MixedConv.reaching_kernel = _full_kernel
     try:
         torch.manual_seed(1)  # the same Gumbel-softmax sample for both variants
         start = time.perf_counter()
@@ -43,7 +43,7 @@ def step(model: torch.nn.Module, x: torch.Tensor, full: bool) -> tuple[float, to
             torch.cuda.synchronize()
         return time.perf_counter() - start, out.detach()
     finally:
-        dash_space.crop_to_input = saved
+        dash_space.MixedConv.reaching_kernel = saved
 
 
 def main() -> None:

@@ -158,3 +158,23 @@ def test_a_kernel_wider_than_the_input_is_cropped_to_the_taps_that_reach_it(dim,
     grads = [torch.autograd.grad(y.square().sum(), [x, op.alpha, *op.weights]) for y in (out, full)]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_the_reaching_kernel_is_built_from_the_reaching_taps_of_the_full_kernel(dim):
+    """Built from the candidates' reaching taps alone, the kernel is the full aggregated kernel cropped to
+    the input (the same numbers, the same padding), on maps narrower than some candidates, narrower than
+    all of them but the centre tap, and wider than the kernel, per axis."""
+    from nb360.models.layers import crop_to_input
+
+    torch.manual_seed(3)
+    op = MixedConv(dim, 2, 3, (3, 5, 7), (1, 3, 7)).double()
+    assert op.size == 43
+    probs = torch.softmax(torch.randn(9, dtype=torch.float64), 0)
+    shapes = [(1,), (4,), (9,), (22,), (50,)] if dim == 1 else [(1, 50), (8, 8), (20, 3), (22, 22), (60, 10)]
+    for spatial in shapes:
+        weight, padding = op.reaching_kernel(spatial, probs)
+        expected, expected_padding = crop_to_input(op.kernel(probs), (1,) * dim, spatial)
+        assert padding == expected_padding
+        assert weight.shape == expected.shape
+        torch.testing.assert_close(weight, expected, rtol=1e-15, atol=0)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nb360.models.layers import CONV_TYPES, check_dim, crop_to_input
+from nb360.models.layers import CONV_TYPES, check_dim, reaching_taps
 
 # (kernels, dilations) of DASH's spaces (task_configs.py): 2D tasks, NinaPro's small maps, 1D tasks.
 SPACE_2D = ((3, 5, 7, 9), (1, 3, 7, 15))
@@ -51,16 +51,23 @@ def pad_centred(weight: torch.Tensor, size: int, dim: int) -> torch.Tensor:
     return F.pad(weight, (p, p) * dim) if p else weight
 
 
-def _tap_index(kernel: int, dilation: int, size: int, dim: int) -> torch.Tensor:
-    """Flat indices, in a (size,) * dim grid, of the taps of a ``kernel``-sized kernel dilated by
-    ``dilation`` and centred (row-major order, as ``weight.flatten(2)``)."""
-    offset = (size - receptive_field(kernel, dilation)) // 2
-    axis = offset + dilation * torch.arange(kernel)
-    grids = torch.meshgrid(*(axis,) * dim, indexing="ij")
+def _flat_index(axes: Sequence[torch.Tensor], sides: Sequence[int]) -> torch.Tensor:
+    """Row-major flat indices of the grid ``axes[0] x axes[1] x ...`` in a grid of ``sides``."""
+    grids = torch.meshgrid(*axes, indexing="ij")
     index = torch.zeros_like(grids[0])
-    for g in grids:
-        index = index * size + g
+    for g, side in zip(grids, sides, strict=True):
+        index = index * side + g
     return index.flatten()
+
+
+def _cropped_taps(kernel: int, dilation: int, keep: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(source, destination): the flat indices, in a centred ``kernel``-sized kernel dilated by
+    ``dilation``, of its taps within ``keep[a]`` of the centre along every axis ``a``, and where they fall in
+    a centred kernel of side ``2 keep[a] + 1``."""
+    offsets = dilation * (torch.arange(kernel) - (kernel - 1) // 2)
+    src = [torch.nonzero(offsets.abs() <= t).flatten() for t in keep]
+    dst = [offsets[i] + t for i, t in zip(src, keep, strict=True)]
+    return _flat_index(src, (kernel,) * len(keep)), _flat_index(dst, [2 * t + 1 for t in keep])
 
 
 def aggregate_kernel(
@@ -140,11 +147,9 @@ class MixedConv(nn.Module):
         self.alpha = nn.Parameter(1e-3 * torch.randn(len(self.candidates)))
         fields = torch.tensor([float(receptive_field(k, d)) for k, d in self.candidates])
         self.register_buffer("fields", fields, persistent=False)
-        # Where each candidate's taps fall in the flattened (size,) * dim aggregated kernel: the sum is a
-        # scatter-add of k^dim taps per candidate, not a sum of padded size^dim kernels.
-        for i, (k, d) in enumerate(self.candidates):
-            self.register_buffer(f"taps{i}", _tap_index(k, d, self.size, dim), persistent=False)
         self.alpha.register_hook(self.arch_gradient)
+        # Per kept extent and device: where each candidate's kept taps come from and go to (built once).
+        self._taps: dict[tuple[tuple[int, ...], torch.device], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def arch_gradient(self, grad: torch.Tensor) -> torch.Tensor:
         """g / (grad_scale ||g||) + 1e-5 x receptive field: the normalised gradient, pushed towards small
@@ -161,19 +166,41 @@ class MixedConv(nn.Module):
         return F.softmax(self.alpha, dim=0)
 
     def kernel(self, probs: torch.Tensor | None = None) -> torch.Tensor:
-        """The aggregated kernel (out, in / groups, *(size,) * dim): :func:`aggregate_kernel`'s sum, built
-        by scatter-adding each candidate's weighted taps."""
+        """The aggregated kernel (out, in / groups, *(size,) * dim): :func:`aggregate_kernel`'s sum."""
+        return self._aggregate(((self.size - 1) // 2,) * self.dim, probs)
+
+    def reaching_kernel(
+        self, spatial: Sequence[int], probs: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """The aggregated kernel cropped to the taps that can reach an input of ``spatial``, and its
+        padding: ``crop_to_input(self.kernel(probs), (1,) * dim, spatial)``, built from those taps alone
+        (a 121-wide kernel on an 8 x 8 map is a 15 x 15 one; the full kernel is never filled)."""
+        keep = tuple(reaching_taps(self.size, 1, n) for n in spatial)
+        return self._aggregate(keep, probs), keep
+
+    def _aggregate(self, keep: tuple[int, ...], probs: torch.Tensor | None) -> torch.Tensor:
+        """The weighted sum of the candidates' taps within ``keep[a]`` of the centre along each axis ``a``:
+        a scatter-add of each candidate's kept taps into a kernel of side ``2 keep[a] + 1``."""
         probs = self.probs() if probs is None else probs
         w0 = self.weights[0]
-        flat = w0.new_zeros((*w0.shape[:2], self.size**self.dim))
-        for i, w in enumerate(self.weights):
-            flat = flat.index_add(2, getattr(self, f"taps{i}"), probs[i] * w.flatten(2))
-        return flat.view(*w0.shape[:2], *(self.size,) * self.dim)
+        key = (keep, w0.device)
+        if key not in self._taps:
+            self._taps[key] = [
+                tuple(i.to(w0.device) for i in _cropped_taps(k, d, keep)) for k, d in self.candidates
+            ]
+        sides = [2 * t + 1 for t in keep]
+        flat = w0.new_zeros((*w0.shape[:2], math.prod(sides)))
+        for p, w, (src, dst) in zip(probs, self.weights, self._taps[key], strict=True):
+            taps = w.flatten(2)
+            if len(src) < taps.shape[2]:  # a candidate wider than the kept extent loses its outer taps
+                taps = taps.index_select(2, src)
+            flat = flat.index_add(2, dst, p * taps)
+        return flat.view(*w0.shape[:2], *sides)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Only the taps that can reach the input take part (exactly the same output): a 121-wide kernel on
         # an 8 x 8 map is a 15 x 15 one, and the FFT's size shrinks with it.
-        weight, padding = crop_to_input(self.kernel(), (1,) * self.dim, x.shape[2:])
+        weight, padding = self.reaching_kernel(x.shape[2:])
         use_fft = self.use_fft if self.use_fft is not None else prefer_fft(x, math.prod(weight.shape[2:]))
         if use_fft:
             out = fft_conv(x, weight.to(x.dtype), padding, self.stride, self.groups)
