@@ -96,3 +96,28 @@ def test_a_hyperparameter_file_without_what_retraining_needs_is_refused(tmp_path
         read_hparams(tmp_path / "arch.json")
     with pytest.raises(FileNotFoundError, match="run the method's tune stage first"):
         read_hparams(tmp_path / "missing.json")
+
+
+def test_the_smoke_tune_stage_takes_the_wrns_smoke_training_without_training(tmp_path, monkeypatch):
+    """At the smoke budget the grid is one configuration, the WRN's smoke training's (its per-task learning
+    rate, its momentum and weight decay): the tune stage writes it without training anything."""
+    from nb360.methods.wrn import smoke_config
+
+    assert [hp["lr"] for hp in dash.hp_grid("fsd50k", dash.SMOKE)] == [smoke_config("fsd50k").lr] == [1.0]
+    assert dash.hp_grid("darcy", dash.SMOKE) == [
+        {"lr": 0.02, "dropout": 0.0, "weight_decay": 5e-4, "momentum": 0.9}
+    ]
+    # an explicit grid still wins over the WRN's configuration
+    assert len(dash.hp_grid("cifar100", replace(dash.SMOKE, hp_grid=dash.HP_GRID))) == 24
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a one-configuration grid must not train")
+
+    monkeypatch.setattr(dash, "fit", no_training)
+    spec = get_task("darcy")
+    write_arch(dash.KIND, {"convs": [[3, 1]] * 13, "backbone": "wrn"}, "", tmp_path / "arch.json", {})
+    ctx = RunContext(spec, tmp_path / "unused.json", 0, "smoke", "cpu", tmp_path, arch=tmp_path / "arch.json")
+    tuned = get_method("dash").tune(ctx)
+    assert tuned.hparams == dash.hp_grid("darcy", dash.SMOKE)[0] and tuned.trials == []
+    write_hparams(tuned, tmp_path / "hparams.json", {"task": "darcy"})
+    assert read_hparams(tmp_path / "hparams.json", dash.HP_GRID)["hparams"] == tuned.hparams
