@@ -264,6 +264,7 @@ def test_default_dag_on_three_tasks_writes_scores_tables_figures_and_report(tmp_
     ]
     assert set(scores.task) == {"ninapro", "darcy", "satellite"} and set(scores.method) == set(methods)
     assert set(scores[scores.method == "amber"].task) == {"satellite"}  # task-specific
+    assert set(scores[scores.method == "autodeeplab"].task) == {"darcy"}
     assert np.isfinite(scores.value).all() and (scores.data_source == "embedded").all()
     best = scores.pivot_table(index="task", columns="method", values="value")
     assert (best["wrn"] < best["trivial"]).all(), best
@@ -294,6 +295,8 @@ def test_default_dag_on_three_tasks_writes_scores_tables_figures_and_report(tmp_
 def _check_searched_architectures_were_retrained(wd: Path, tasks: list[str], methods: list[str]) -> None:
     """Each search method's arch.json exists, and the retrained network is the one it describes."""
     from nb360.methods import get_method
+    from nb360.methods.autodeeplab import _network as autodeeplab_network
+    from nb360.methods.autodeeplab import budget_for as autodeeplab_budget
     from nb360.methods.darts import eval_budget
     from nb360.models import create_model
     from nb360.runs import read_arch
@@ -302,7 +305,8 @@ def _check_searched_architectures_were_retrained(wd: Path, tasks: list[str], met
     from nb360.train import count_params
 
     searched = [m for m in methods if get_method(m).searches]
-    assert {"gaea", "random_search", "densenas", "densenas_random", "wrn_asha", "amber"} <= set(searched)
+    expected = {"gaea", "random_search", "densenas", "densenas_random", "wrn_asha", "amber", "autodeeplab"}
+    assert expected <= set(searched)
     for task in tasks:
         spec = get_task(task)
         for method in searched:
@@ -324,6 +328,9 @@ def _check_searched_architectures_were_retrained(wd: Path, tasks: list[str], met
             elif body["kind"] == "densenas_arch":
                 model = create_model("densenas_net", spec, arch=DenseArch.from_dict(arch))
                 assert count_params(model) == params, (task, method)
+            elif body["kind"] == "autodeeplab_arch":
+                model = autodeeplab_network(spec, arch, autodeeplab_budget("smoke"))
+                assert count_params(model) == arch["params"] == params, (task, method)
             elif body["kind"] == "amber_arch":  # the parameter count its search implied
                 assert arch["params"] == params, (task, method)
             else:  # WRN hyperparameters: the retraining started at the searched learning rate
