@@ -329,7 +329,7 @@ def _check_searched_architectures_were_retrained(wd: Path, tasks: list[str], met
                 model = create_model("densenas_net", spec, arch=DenseArch.from_dict(arch))
                 assert count_params(model) == params, (task, method)
             elif body["kind"] == "autodeeplab_arch":
-                model = autodeeplab_network(spec, arch, autodeeplab_budget("smoke"))
+                model = autodeeplab_network(spec, arch, autodeeplab_budget("smoke", task))
                 assert count_params(model) == arch["params"] == params, (task, method)
             elif body["kind"] == "amber_arch":  # the parameter count its search implied
                 assert arch["params"] == params, (task, method)

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -52,8 +51,6 @@ class AutoDeepLabBudget:
     retrain_width: int  # ASPP and decoder channels
     retrain_batch: int | None  # None: the WRN's smoke batch
     layers: int = 12  # of the search network and so of the decoded path (the space's; tests use fewer)
-    # Retraining epochs of a task where the WRN's smoke epochs are too few (smoke budget only).
-    task_epochs: Mapping[str, int] = field(default_factory=dict)
 
 
 PAPER = AutoDeepLabBudget(
@@ -89,12 +86,16 @@ SMOKE = AutoDeepLabBudget(
     retrain_filters=2,
     retrain_width=16,
     retrain_batch=None,
-    task_epochs={"cosmic": 30},
 )
+# The smoke budget's settings of a task where the WRN's smoke training is too short (Cosmic, above).
+SMOKE_TASK = {"cosmic": {"retrain_epochs": 30}}
 
 
-def budget_for(budget: str) -> AutoDeepLabBudget:
-    return PAPER if check_budget(budget) == "paper" else SMOKE
+def budget_for(budget: str, task: str | None = None) -> AutoDeepLabBudget:
+    """The budget's settings, at the smoke budget with ``task``'s own settings where it has any."""
+    if check_budget(budget) == "paper":
+        return PAPER
+    return replace(SMOKE, **SMOKE_TASK.get(task, {})) if task else SMOKE
 
 
 def _network(spec: TaskSpec, arch: dict, b: AutoDeepLabBudget) -> nn.Module:
@@ -105,7 +106,7 @@ def _network(spec: TaskSpec, arch: dict, b: AutoDeepLabBudget) -> nn.Module:
 
 
 def search(ctx: RunContext) -> SearchResult:
-    spec, b = ctx.task, budget_for(ctx.budget)
+    spec, b = ctx.task, budget_for(ctx.budget, ctx.task.name)
     require_task("autodeeplab", spec)
     start = time.perf_counter()
     seed_everything(ctx.seed)
@@ -139,7 +140,7 @@ def search(ctx: RunContext) -> SearchResult:
 def retrain(ctx: RunContext) -> RunResult:
     if ctx.arch is None:
         raise ValueError(f"{ctx.task.name}: retraining an Auto-DeepLab network needs its arch.json")
-    spec, b = ctx.task, budget_for(ctx.budget)
+    spec, b = ctx.task, budget_for(ctx.budget, ctx.task.name)
     require_task("autodeeplab", spec)
     arch = read_arch(ctx.arch, KIND)["arch"]
     seed_everything(ctx.seed)
@@ -147,9 +148,8 @@ def retrain(ctx: RunContext) -> RunResult:
     check_implied_params(ctx.arch, arch["params"], count_params(model))
     smoke = check_budget(ctx.budget) == "smoke"
     w = WRN_SMOKE[spec.name]
-    epochs = w.epochs if smoke and not b.retrain_epochs else b.retrain_epochs
     cfg = TrainConfig(
-        epochs=b.task_epochs.get(spec.name, epochs),
+        epochs=w.epochs if smoke and not b.retrain_epochs else b.retrain_epochs,
         # the smoke budget's: the WRN's smoke learning rate of the task (0.05 diverged on PSICOV's distances
         # and left Cosmic at the prior in so few steps)
         lr=wrn.smoke_config(spec.name).lr if smoke else 0.05,
